@@ -1,0 +1,237 @@
+// The running daemon: owns the worker io_contexts, listeners, BPF engine and metrics; start, drain, stop.
+#include "app.hpp"
+
+#include "datapath/probe.hpp"
+#include "datapath/splice_pump.hpp"
+#include "log/log.hpp"
+#include "metrics/metrics.hpp"
+#include "net/listener.hpp"
+#include "proxy/session.hpp"
+#include "sys/notify.hpp"
+
+#include <csignal>
+#include <stdexcept>
+#include <thread>
+
+namespace spliced {
+
+namespace {
+
+// One thread with its own io_context and its own SO_REUSEPORT listeners.
+struct worker {
+    net::asio::io_context io{1};
+    std::vector<std::pair<net::tcp::acceptor, std::shared_ptr<proxy::route_runtime>>> listeners;
+    std::thread thread;
+};
+
+net::awaitable<void> next_signal(net::asio::signal_set& signals) { co_await signals.async_wait(net::use_tuple); }
+
+net::awaitable<void> ping_watchdog(std::chrono::microseconds every) {
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    for (;;) {
+        sys::notify("WATCHDOG=1");
+        timer.expires_after(every);
+        auto [ec] = co_await timer.async_wait(net::use_tuple);
+        if (ec) co_return;
+    }
+}
+
+}  // namespace
+
+struct app::impl {
+    config::config cfg;
+    metrics::registry metrics;
+    std::unique_ptr<datapath::sockmap_engine> engine;
+    std::shared_ptr<spdlog::logger> access_log;
+    std::vector<std::shared_ptr<proxy::route_runtime>> routes;
+    std::vector<std::unique_ptr<worker>> workers;
+    std::atomic<long> active{0};
+    std::atomic<std::uint64_t> next_id{1};
+    net::asio::io_context main_io{1};
+
+    explicit impl(config::config c) : cfg(std::move(c)) {}
+
+    datapath::kind resolve(const config::route& r, const datapath::probe_report* report) const;
+    void choose_datapaths();
+    void open_listeners();
+    void start_workers();
+    void stop_accepting();
+    void stop_workers();
+    net::awaitable<void> serve_signals();
+    net::awaitable<void> drain();
+};
+
+datapath::kind app::impl::resolve(const config::route& r, const datapath::probe_report* report) const {
+    using config::datapath_kind;
+    const bool splice_ok = datapath::splice_available();
+    switch (r.datapath) {
+    case datapath_kind::sockmap:
+        if (!engine)
+            throw std::runtime_error("route " + r.name + ": datapath sockmap is unavailable: " +
+                                     (report ? report->summary : std::string("not probed")));
+        return datapath::kind::sockmap;
+    case datapath_kind::auto_select:
+        if (engine && report && report->usable) return datapath::kind::sockmap;
+        return splice_ok ? datapath::kind::splice : datapath::kind::copy;
+    case datapath_kind::splice:
+        if (!splice_ok) throw std::runtime_error("route " + r.name + ": splice(2) on TCP sockets is unavailable");
+        return datapath::kind::splice;
+    case datapath_kind::copy: return datapath::kind::copy;
+    }
+    return datapath::kind::copy;
+}
+
+void app::impl::choose_datapaths() {
+    bool wants_sockmap = false;
+    for (const auto& r : cfg.routes)
+        wants_sockmap |= r.datapath == config::datapath_kind::sockmap || r.datapath == config::datapath_kind::auto_select;
+    std::optional<datapath::probe_report> report;
+    if (wants_sockmap) {
+        report.emplace();
+        engine = datapath::probe_sockmap(*report);
+        for (const auto& c : report->checks)
+            spdlog::info("sockmap probe: {}: {} ({})", c.name, c.ok ? "ok" : "FAILED", c.detail);
+        spdlog::info("{}", report->summary);
+        bool forced = false;
+        for (const auto& r : cfg.routes) forced |= r.datapath == config::datapath_kind::sockmap;
+        if (engine && !report->usable) {
+            if (forced)
+                spdlog::warn("datapath sockmap is forced although the probe did not pass: {}", report->summary);
+            else
+                engine.reset();  // auto will not use it: do not keep the maps around
+        }
+    }
+    for (const auto& r : cfg.routes) {
+        auto k = resolve(r, report ? &*report : nullptr);
+        std::string why;
+        if (r.datapath == config::datapath_kind::auto_select)
+            why = report ? report->summary : "sockmap not probed";
+        else
+            why = std::string("configured ") + config::to_string(r.datapath);
+        spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);
+        routes.push_back(std::make_shared<proxy::route_runtime>(r, k, metrics.add_route(r)));
+    }
+    auto* e = engine.get();
+    metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
+                                "Redirects whose peer socket was missing; that direction moved to userspace copy",
+                                [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
+}
+
+void app::impl::open_listeners() {
+    unsigned n = cfg.workers ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
+    for (unsigned i = 0; i < n; ++i) {
+        auto w = std::make_unique<worker>();
+        for (const auto& route : routes)
+            for (const auto& addr : route->cfg.listen) w->listeners.emplace_back(net::open_listener(w->io, addr), route);
+        workers.push_back(std::move(w));
+    }
+    for (const auto& route : routes)
+        for (const auto& addr : route->cfg.listen) spdlog::info("route {}: listening on {}", route->cfg.name, addr.text);
+    spdlog::info("{} worker thread(s)", n);
+}
+
+void app::impl::start_workers() {
+    proxy::session_env env{engine.get(), access_log.get(), &active};
+    for (auto& w : workers) {
+        for (auto& [acceptor, route] : w->listeners) {
+            auto on_accept = [this, env, route = route, &io = w->io](net::tcp::socket s) {
+                auto id = next_id.fetch_add(1, std::memory_order_relaxed);
+                net::asio::co_spawn(io, proxy::run_session(route, env, std::move(s), id), [id](std::exception_ptr e) {
+                    if (!e) return;
+                    try {
+                        std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                        spdlog::error("conn {}: session failed: {}", id, ex.what());
+                    }
+                });
+            };
+            net::asio::co_spawn(w->io, net::accept_loop(acceptor, on_accept), net::asio::detached);
+        }
+        w->thread = std::thread([io = &w->io] {
+            auto guard = net::asio::make_work_guard(*io);
+            io->run();
+        });
+    }
+}
+
+void app::impl::stop_accepting() {
+    for (auto& w : workers)
+        net::asio::post(w->io, [w = w.get()] {
+            for (auto& [acceptor, route] : w->listeners) {
+                boost::system::error_code ignored;
+                acceptor.close(ignored);
+            }
+        });
+}
+
+void app::impl::stop_workers() {
+    for (auto& w : workers) w->io.stop();
+    for (auto& w : workers)
+        if (w->thread.joinable()) w->thread.join();
+}
+
+net::awaitable<void> app::impl::drain() {
+    stop_accepting();
+    auto deadline = std::chrono::steady_clock::now() + cfg.drain_timeout;
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    while (active.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+        timer.expires_after(std::chrono::milliseconds(20));
+        co_await timer.async_wait(net::use_tuple);
+    }
+    if (long left = active.load(); left > 0)
+        spdlog::warn("drain timeout ({} ms) reached with {} connection(s) open; closing them",
+                     cfg.drain_timeout.count(), left);
+    else
+        spdlog::info("drained: no connection left");
+}
+
+net::awaitable<void> app::impl::serve_signals() {
+    net::asio::signal_set signals(main_io, SIGTERM, SIGINT, SIGHUP);
+    for (;;) {
+        auto [ec, sig] = co_await signals.async_wait(net::use_tuple);
+        if (ec) co_return;
+        if (sig == SIGHUP) {
+            spdlog::warn("SIGHUP: config reload is not implemented yet; keeping the running config");
+            continue;
+        }
+        spdlog::info("{}: stop accepting, draining up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                     cfg.drain_timeout.count());
+        sys::notify("STOPPING=1");
+        // A second signal while draining stops at once.
+        using namespace net::asio::experimental::awaitable_operators;
+        co_await (drain() || next_signal(signals));
+        main_io.stop();
+        co_return;
+    }
+}
+
+app::app(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
+    auto& d = *impl_;
+    d.access_log = log::make_access_log(d.cfg.log);
+    d.choose_datapaths();
+    d.open_listeners();
+    if (d.cfg.metrics.enabled) {
+        d.metrics.serve(d.cfg.metrics.listen);
+        spdlog::info("metrics on http://{}/metrics", d.cfg.metrics.listen.text);
+    }
+}
+
+app::~app() {
+    if (impl_) impl_->stop_workers();
+}
+
+int app::run() {
+    auto& d = *impl_;
+    d.start_workers();
+    net::asio::co_spawn(d.main_io, d.serve_signals(), net::asio::detached);
+    if (auto period = sys::watchdog_period(); period.count() > 0)
+        net::asio::co_spawn(d.main_io, ping_watchdog(period), net::asio::detached);
+    spdlog::info("spliced {} ready", SPLICED_VERSION);
+    sys::notify("READY=1\nSTATUS=serving");
+    d.main_io.run();  // until serve_signals() has drained and stopped it
+    d.stop_workers();
+    spdlog::info("stopped");
+    return 0;
+}
+
+}  // namespace spliced

@@ -1,0 +1,66 @@
+// Plain configuration structs: what a validated spliced YAML file says, with no I/O.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <netinet/in.h>
+#include <string>
+#include <sys/socket.h>
+#include <vector>
+
+namespace spliced::config {
+
+enum class datapath_kind { auto_select, sockmap, splice, copy };
+
+// "auto", "sockmap", "splice", "copy".
+const char* to_string(datapath_kind k);
+
+// An IPv4 or IPv6 socket address, as parsed from "1.2.3.4:80" or "[::1]:80".
+struct address {
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    std::string text;  // as written in the config (normalised: "ip:port" / "[ip]:port")
+    int family() const { return storage.ss_family; }
+};
+
+struct backend {
+    address addr;
+};
+
+struct route_timeouts {
+    std::chrono::milliseconds connect{2000};
+    std::chrono::milliseconds idle{3600 * 1000};
+};
+
+struct route {
+    std::string name;
+    std::vector<address> listen;
+    bool datapath_set = false;  // true when the route overrides the global datapath
+    datapath_kind datapath = datapath_kind::auto_select;
+    route_timeouts timeouts;
+    std::vector<backend> backends;
+};
+
+struct metrics_config {
+    bool enabled = false;  // false when no metrics section is given
+    address listen;
+};
+
+enum class log_level { trace, debug, info, warn, error, critical };
+
+struct log_config {
+    log_level level = log_level::info;
+    std::string access_log = "stdout";  // "stdout", "off" or a file path
+};
+
+struct config {
+    std::string source;  // file the config was read from
+    datapath_kind datapath = datapath_kind::auto_select;
+    unsigned workers = 0;  // 0 = one per CPU
+    std::chrono::milliseconds drain_timeout{30 * 1000};
+    metrics_config metrics;
+    log_config log;
+    std::vector<route> routes;
+};
+
+}  // namespace spliced::config

@@ -1,0 +1,41 @@
+// Reads a spliced YAML config file into config structs, refusing anything unknown or invalid with its position.
+#pragma once
+
+#include "config/config.hpp"
+
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace spliced::config {
+
+// A refused config; what() is "file:line:col: message" (line and column 1-based).
+class config_error : public std::runtime_error {
+public:
+    config_error(std::string file, int line, int column, const std::string& message);
+    const std::string& file() const { return file_; }
+    int line() const { return line_; }
+    int column() const { return column_; }
+    const std::string& message() const { return message_; }
+
+private:
+    std::string file_;
+    int line_;
+    int column_;
+    std::string message_;
+};
+
+// Loads and validates a config file; throws config_error.
+config load_file(const std::string& path);
+
+// Same, from text; `source` names it in errors.
+config load_string(std::string_view yaml, const std::string& source);
+
+// "250ms", "2s", "5m", "1h", "1d" (also combined: "1m30s"); nullopt when malformed.
+std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
+
+// "1.2.3.4:80", "[::1]:80"; IP literals only. nullopt when malformed.
+std::optional<address> parse_address(std::string_view text);
+
+}  // namespace spliced::config

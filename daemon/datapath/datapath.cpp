@@ -1,0 +1,127 @@
+// What every data path shares: the proxied pair, how it ends, the idle watchdog and the copy loop.
+#include "datapath/datapath.hpp"
+
+#include "sys/socket.hpp"
+
+#include <algorithm>
+#include <array>
+#include <memory>
+
+namespace spliced::datapath {
+
+const char* to_string(kind k) {
+    switch (k) {
+    case kind::sockmap: return "sockmap";
+    case kind::splice: return "splice";
+    case kind::copy: return "copy";
+    }
+    return "?";
+}
+
+const char* to_string(end_reason r) {
+    switch (r) {
+    case end_reason::completed: return "completed";
+    case end_reason::idle_timeout: return "idle_timeout";
+    case end_reason::client_reset: return "client_reset";
+    case end_reason::upstream_reset: return "upstream_reset";
+    case end_reason::error: return "error";
+    case end_reason::shutdown: return "shutdown";
+    }
+    return "?";
+}
+
+void pair_state::abort(end_reason why) {
+    if (aborted) return;
+    aborted = true;
+    reason = why;
+    boost::system::error_code ignored;
+    client.cancel(ignored);
+    upstream.cancel(ignored);
+}
+
+end_reason pair_state::reset_reason(const net::tcp::socket& s) const {
+    return &s == &client ? end_reason::client_reset : end_reason::upstream_reset;
+}
+
+namespace {
+
+// Milliseconds since either socket last received data (TCP_INFO works on every data path,
+// including sockmap where userspace never sees the bytes).
+std::chrono::milliseconds quiet_for(pair_state& p) {
+    sys::tcp_stats a, b;
+    if (sys::tcp_stats_of(p.client.native_handle(), a) || sys::tcp_stats_of(p.upstream.native_handle(), b))
+        return std::chrono::milliseconds::max();
+    return std::chrono::milliseconds(std::min(a.last_data_recv_ms, b.last_data_recv_ms));
+}
+
+net::awaitable<void> idle_watchdog(pair_state& p) {
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    auto wait = p.idle;
+    for (;;) {
+        timer.expires_after(wait);
+        auto [ec] = co_await timer.async_wait(net::use_tuple);
+        if (ec || p.aborted) co_return;
+        auto quiet = quiet_for(p);
+        if (quiet >= p.idle) {
+            p.abort(end_reason::idle_timeout);
+            co_return;
+        }
+        wait = p.idle - quiet;
+    }
+}
+
+}  // namespace
+
+net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward) {
+    using namespace net;
+    co_await ((std::move(forward) && std::move(backward)) || idle_watchdog(p));
+}
+
+net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
+                                    std::uint64_t* copied) {
+    // Allocated on first data, so a connection that never uses this direction costs nothing.
+    std::unique_ptr<std::array<char, 64 * 1024>> buffer;
+    for (;;) {
+        if (p.aborted) co_return false;
+        auto [wait_ec] = co_await from.async_wait(net::tcp::socket::wait_read, net::use_tuple);
+        if (p.aborted) co_return false;
+        if (wait_ec) {
+            p.abort(p.reset_reason(from));
+            co_return false;
+        }
+        if (!buffer) buffer = std::make_unique<std::array<char, 64 * 1024>>();
+        boost::system::error_code ec;
+        std::size_t n = from.read_some(net::asio::buffer(*buffer), ec);
+        if (ec == net::asio::error::would_block || ec == net::asio::error::try_again) continue;
+        if (ec == net::asio::error::eof) {
+            p.mark_eof(from);
+            co_return true;
+        }
+        if (ec) {
+            p.abort(p.reset_reason(from));
+            co_return false;
+        }
+        auto [write_ec, written] = co_await net::asio::async_write(to, net::asio::buffer(buffer->data(), n),
+                                                                   net::use_tuple);
+        if (write_ec) {
+            if (!p.aborted) p.abort(p.reset_reason(to));
+            co_return false;
+        }
+        if (copied) *copied += written;
+    }
+}
+
+namespace {
+
+net::awaitable<void> copy_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+    const bool eof = co_await copy_until_eof(p, from, to);
+    if (eof) sys::shutdown_write(to.native_handle());
+}
+
+}  // namespace
+
+net::awaitable<void> run_copy(pair_state& p) {
+    co_await run_pair(p, copy_direction(p, p.client, p.upstream), copy_direction(p, p.upstream, p.client));
+}
+
+}  // namespace spliced::datapath

@@ -1,0 +1,56 @@
+// What every data path shares: the proxied pair, how it ends, the idle watchdog and the copy loop.
+#pragma once
+
+#include "config/config.hpp"
+#include "net/asio.hpp"
+
+#include <chrono>
+#include <cstdint>
+
+namespace spliced::datapath {
+
+class sockmap_engine;
+
+// The data path a connection actually runs on.
+enum class kind { sockmap, splice, copy };
+const char* to_string(kind k);
+
+// How a proxied pair ended.
+enum class end_reason { completed, idle_timeout, client_reset, upstream_reset, error, shutdown };
+const char* to_string(end_reason r);
+
+// Both sockets of one proxied connection, borrowed from the session that owns them.
+struct pair_state {
+    net::tcp::socket& client;
+    net::tcp::socket& upstream;
+    std::chrono::milliseconds idle;
+    end_reason reason = end_reason::completed;
+    bool aborted = false;
+    std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a peer miss
+    bool client_eof = false;          // FIN received from the client
+    bool upstream_eof = false;        // FIN received from the upstream
+
+    // Ends the pair early: records why and cancels every pending operation on both sockets.
+    void abort(end_reason why);
+    // The reason an I/O error on `s` stands for (reset of that side, or a local error).
+    end_reason reset_reason(const net::tcp::socket& s) const;
+    void mark_eof(const net::tcp::socket& s) { (&s == &client ? client_eof : upstream_eof) = true; }
+    // Payload bytes `s` received: tcpi_bytes_received counts a received FIN as one more byte.
+    std::uint64_t payload_received(const net::tcp::socket& s, std::uint64_t bytes_received) const {
+        bool fin = &s == &client ? client_eof : upstream_eof;
+        return fin && bytes_received > 0 ? bytes_received - 1 : bytes_received;
+    }
+};
+
+// Runs the two directions beside the idle watchdog until both directions end or the pair aborts.
+net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward);
+
+// Copies `from` to `to` until EOF on `from`. Returns true on EOF, false when the pair aborted.
+// Does not shut `to` down: the caller decides when that is safe.
+net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
+                                    std::uint64_t* copied = nullptr);
+
+// Copy data path: both directions through a userspace buffer.
+net::awaitable<void> run_copy(pair_state& p);
+
+}  // namespace spliced::datapath

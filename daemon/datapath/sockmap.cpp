@@ -1,0 +1,142 @@
+// The loaded SK_SKB verdict program and its maps: inserting and removing proxied socket pairs.
+#include "datapath/sockmap.hpp"
+
+#include "splice.skel.h"
+#include "sys/socket.hpp"
+
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+#include <vector>
+
+namespace spliced::datapath {
+
+namespace {
+
+// While SO_RCVLOWAT is this high, tcp_data_ready() does not call sk_data_ready, so no verdict
+// runs on either socket until both are in the map (the kernel caps it at tcp_rmem[2] / 2).
+constexpr int gate_lowat = INT_MAX;
+
+std::error_code bpf_error(int ret) {
+    return {ret < 0 ? -ret : errno, std::system_category()};
+}
+
+}  // namespace
+
+std::unique_ptr<sockmap_engine> sockmap_engine::load(std::string& error) {
+    std::unique_ptr<sockmap_engine> engine(new sockmap_engine());
+    engine->skel_ = splice_bpf::open_and_load();
+    if (!engine->skel_) {
+        error = std::string("loading the BPF object failed: ") + std::strerror(errno);
+        return nullptr;
+    }
+    // The skeleton's attach() skips sk_skb programs: attach the verdict to the map by hand.
+    int prog_fd = bpf_program__fd(engine->skel_->progs.spliced_verdict);
+    if (bpf_prog_attach(prog_fd, engine->sockhash_fd(), BPF_SK_SKB_STREAM_VERDICT, 0) != 0) {
+        error = std::string("attaching the stream verdict to the SOCKHASH failed: ") + std::strerror(errno);
+        return nullptr;
+    }
+    int n = libbpf_num_possible_cpus();
+    engine->ncpus_ = n > 0 ? n : 1;
+    return engine;
+}
+
+sockmap_engine::~sockmap_engine() {
+    if (skel_) {
+        bpf_prog_detach2(bpf_program__fd(skel_->progs.spliced_verdict), sockhash_fd(),
+                         BPF_SK_SKB_STREAM_VERDICT);
+        splice_bpf::destroy(skel_);
+    }
+}
+
+int sockmap_engine::sockhash_fd() const { return bpf_map__fd(skel_->maps.sockhash); }
+int sockmap_engine::peers_fd() const { return bpf_map__fd(skel_->maps.peers); }
+
+insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
+    insert_outcome out;
+    auto fail = [&](std::error_code ec, const char* what) {
+        out.error = ec;
+        out.what = what;
+        return out;
+    };
+    auto& pair = out.pair;
+    if (auto ec = sys::socket_cookie(client_fd, pair.client_cookie)) return fail(ec, "SO_COOKIE");
+    if (auto ec = sys::socket_cookie(upstream_fd, pair.upstream_cookie)) return fail(ec, "SO_COOKIE");
+
+    // Gate first, then check state: bytes may keep arriving, but no verdict can run on them.
+    for (int fd : {client_fd, upstream_fd})
+        if (auto ec = sys::set_rcvlowat(fd, gate_lowat)) return fail(ec, "SO_RCVLOWAT gate");
+    auto ungate = [&] {
+        sys::set_rcvlowat(client_fd, 1);
+        sys::set_rcvlowat(upstream_fd, 1);
+    };
+    // Only ESTABLISHED sockets can enter the map; a client that already half-closed is in
+    // CLOSE_WAIT and must take another path.
+    for (int fd : {client_fd, upstream_fd}) {
+        sys::tcp_stats st;
+        if (auto ec = sys::tcp_stats_of(fd, st)) {
+            ungate();
+            return fail(ec, "TCP_INFO");
+        }
+        if (!st.established()) {
+            ungate();
+            return fail(std::make_error_code(std::errc::not_connected), "socket not ESTABLISHED");
+        }
+    }
+
+    spliced_peer_value to_upstream{pair.upstream_cookie, 0, 0};
+    spliced_peer_value to_client{pair.client_cookie, 0, 0};
+    int peers = peers_fd();
+    if (int r = bpf_map_update_elem(peers, &pair.client_cookie, &to_upstream, BPF_NOEXIST); r != 0) {
+        ungate();
+        return fail(bpf_error(r), "peer map insert");
+    }
+    if (int r = bpf_map_update_elem(peers, &pair.upstream_cookie, &to_client, BPF_NOEXIST); r != 0) {
+        bpf_map_delete_elem(peers, &pair.client_cookie);
+        ungate();
+        return fail(bpf_error(r), "peer map insert");
+    }
+    int hash = sockhash_fd();
+    std::uint64_t fd64 = static_cast<std::uint64_t>(client_fd);
+    if (int r = bpf_map_update_elem(hash, &pair.client_cookie, &fd64, BPF_NOEXIST); r != 0) {
+        auto ec = bpf_error(r);
+        bpf_map_delete_elem(peers, &pair.client_cookie);
+        bpf_map_delete_elem(peers, &pair.upstream_cookie);
+        ungate();
+        return fail(ec, "SOCKHASH insert (client)");
+    }
+    fd64 = static_cast<std::uint64_t>(upstream_fd);
+    if (int r = bpf_map_update_elem(hash, &pair.upstream_cookie, &fd64, BPF_NOEXIST); r != 0) {
+        auto ec = bpf_error(r);
+        remove(pair);
+        ungate();
+        out.entered_map = true;
+        return fail(ec, "SOCKHASH insert (upstream)");
+    }
+    // Lowering the mark calls sk_data_ready: the verdict now runs on whatever was queued before
+    // insertion, which would otherwise sit there until the next segment arrived.
+    ungate();
+    return out;
+}
+
+void sockmap_engine::remove(const sockmap_pair& pair) {
+    int hash = sockhash_fd();
+    int peers = peers_fd();
+    for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) {
+        bpf_map_delete_elem(hash, &cookie);
+        bpf_map_delete_elem(peers, &cookie);
+    }
+}
+
+std::uint64_t sockmap_engine::counter(spliced_counter slot) const {
+    std::vector<std::uint64_t> values(ncpus_);
+    __u32 key = slot;
+    if (bpf_map_lookup_elem(bpf_map__fd(skel_->maps.stats), &key, values.data()) != 0) return 0;
+    std::uint64_t sum = 0;
+    for (auto v : values) sum += v;
+    return sum;
+}
+
+}  // namespace spliced::datapath

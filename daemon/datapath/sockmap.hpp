@@ -1,0 +1,53 @@
+// The loaded SK_SKB verdict program and its maps: inserting and removing proxied socket pairs.
+#pragma once
+
+#include "splice_abi.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <system_error>
+
+struct splice_bpf;
+
+namespace spliced::datapath {
+
+// Cookies of a pair that is in the maps; what remove() needs.
+struct sockmap_pair {
+    std::uint64_t client_cookie = 0;
+    std::uint64_t upstream_cookie = 0;
+};
+
+struct insert_outcome {
+    std::error_code error;       // empty on success
+    bool entered_map = false;    // a socket entered the map: it must not be spliced afterwards
+    std::string what;            // which step failed, for the log
+    sockmap_pair pair;
+};
+
+class sockmap_engine {
+public:
+    // Opens and loads the skeleton and attaches the verdict program to the SOCKHASH.
+    static std::unique_ptr<sockmap_engine> load(std::string& error);
+    ~sockmap_engine();
+    sockmap_engine(const sockmap_engine&) = delete;
+    sockmap_engine& operator=(const sockmap_engine&) = delete;
+
+    // Puts two ESTABLISHED sockets into the maps, redirecting each one's bytes to the other,
+    // with no verdict run before both are in, then kicks bytes already queued.
+    insert_outcome insert(int client_fd, int upstream_fd);
+    // Deletes both sockets' SOCKHASH and peer entries (idempotent).
+    void remove(const sockmap_pair& pair);
+
+    // Sum over CPUs of one counter slot.
+    std::uint64_t counter(spliced_counter slot) const;
+    int sockhash_fd() const;
+    int peers_fd() const;
+
+private:
+    sockmap_engine() = default;
+    splice_bpf* skel_ = nullptr;
+    int ncpus_ = 1;
+};
+
+}  // namespace spliced::datapath

@@ -1,0 +1,60 @@
+// Sockmap data path: the kernel redirects both directions; userspace only forwards FIN and demoted bytes.
+#include "datapath/sockmap_path.hpp"
+
+#include "sys/socket.hpp"
+
+#include <algorithm>
+
+namespace spliced::datapath {
+
+namespace {
+
+// Waits until `to` has taken into its send queue every byte `from` received: redirected bytes
+// sit in the peer's psock backlog until a kworker sends them, and shutting `to` down earlier
+// would lose them. No syscall reports that backlog, so compare byte counters: bytes userspace
+// copied after a demotion count on both sides and cancel out.
+net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+    using namespace std::chrono_literals;
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    auto pause = std::chrono::microseconds(100);
+    for (;;) {
+        if (p.aborted) co_return false;
+        sys::tcp_stats src, dst;
+        std::uint64_t queued = 0;
+        if (sys::tcp_stats_of(from.native_handle(), src) || sys::tcp_stats_of(to.native_handle(), dst) ||
+            sys::bytes_queued_total(to.native_handle(), queued)) {
+            p.abort(end_reason::error);
+            co_return false;
+        }
+        if (queued >= p.payload_received(from, src.bytes_received)) co_return true;
+        if (!dst.can_send()) {
+            // The peer is gone (reset): what is still in its backlog can never be delivered.
+            p.abort(p.reset_reason(to));
+            co_return false;
+        }
+        // Bounded by the idle watchdog: a peer that takes nothing for `idle` ends the pair.
+        timer.expires_after(pause);
+        auto [ec] = co_await timer.async_wait(net::use_tuple);
+        if (ec) co_return false;
+        pause = std::min<std::chrono::microseconds>(pause * 2, 20ms);
+    }
+}
+
+net::awaitable<void> sockmap_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+    // Userspace sees only EOF, errors, and bytes the verdict passed after a peer miss (sticky,
+    // so copying them here keeps the order).
+    // (g++ 12 miscompiles co_await inside an if condition: await into a variable first.)
+    const bool eof = co_await copy_until_eof(p, from, to, &p.demoted_bytes);
+    if (!eof) co_return;
+    // FIN is not forwarded by the redirect: propagate it, once the peer holds every byte.
+    const bool taken = co_await wait_taken(p, from, to);
+    if (taken) sys::shutdown_write(to.native_handle());
+}
+
+}  // namespace
+
+net::awaitable<void> run_sockmap(pair_state& p) {
+    co_await run_pair(p, sockmap_direction(p, p.client, p.upstream), sockmap_direction(p, p.upstream, p.client));
+}
+
+}  // namespace spliced::datapath

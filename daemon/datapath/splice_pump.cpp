@@ -1,0 +1,126 @@
+// splice(2) data path: each direction moves bytes socket -> pipe -> socket without copying them.
+#include "datapath/splice_pump.hpp"
+
+#include "sys/fd.hpp"
+#include "sys/socket.hpp"
+
+#include <cerrno>
+#include <fcntl.h>
+#include <unistd.h>
+#include <vector>
+
+namespace spliced::datapath {
+
+namespace {
+
+constexpr int pipe_size = 256 * 1024;
+constexpr std::size_t pool_limit = 64;
+constexpr unsigned splice_flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
+
+struct pipe_pair {
+    sys::unique_fd read_end;
+    sys::unique_fd write_end;
+};
+
+// Empty pipes kept per worker thread; a pipe that still holds bytes is never returned.
+class pipe_pool {
+public:
+    std::error_code get(pipe_pair& out) {
+        if (!free_.empty()) {
+            out = std::move(free_.back());
+            free_.pop_back();
+            return {};
+        }
+        int fds[2];
+        if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return sys::last_error();
+        out.read_end.reset(fds[0]);
+        out.write_end.reset(fds[1]);
+        // Best effort: unprivileged users past pipe-user-pages-soft keep the default size.
+        ::fcntl(fds[1], F_SETPIPE_SZ, pipe_size);
+        return {};
+    }
+    void put(pipe_pair&& p) {
+        if (free_.size() < pool_limit) free_.push_back(std::move(p));
+    }
+
+private:
+    std::vector<pipe_pair> free_;
+};
+
+thread_local pipe_pool pool;
+
+net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+    pipe_pair pipe;
+    if (pool.get(pipe)) {
+        p.abort(end_reason::error);
+        co_return;
+    }
+    const int in = from.native_handle();
+    const int out = to.native_handle();
+    std::size_t in_pipe = 0;
+    bool eof = false;
+    while (!p.aborted) {
+        if (!eof) {
+            ssize_t n = ::splice(in, nullptr, pipe.write_end.get(), nullptr, pipe_size, splice_flags);
+            if (n > 0) {
+                in_pipe += static_cast<std::size_t>(n);
+            } else if (n == 0) {
+                eof = true;
+                p.mark_eof(from);
+            } else if (errno == EAGAIN) {
+                // EAGAIN with bytes in the pipe may only mean the pipe is full: flush first.
+                if (in_pipe == 0) {
+                    auto [ec] = co_await from.async_wait(net::tcp::socket::wait_read, net::use_tuple);
+                    if (ec && !p.aborted) p.abort(p.reset_reason(from));
+                    continue;
+                }
+            } else if (errno != EINTR) {
+                p.abort(p.reset_reason(from));
+                break;
+            }
+        }
+        while (in_pipe > 0 && !p.aborted) {
+            ssize_t m = ::splice(pipe.read_end.get(), nullptr, out, nullptr, in_pipe, splice_flags);
+            if (m > 0) {
+                in_pipe -= static_cast<std::size_t>(m);
+            } else if (m < 0 && errno == EAGAIN) {
+                auto [ec] = co_await to.async_wait(net::tcp::socket::wait_write, net::use_tuple);
+                if (ec && !p.aborted) p.abort(p.reset_reason(to));
+            } else if (m < 0 && errno == EINTR) {
+                continue;
+            } else {
+                p.abort(p.reset_reason(to));
+            }
+        }
+        if (eof && in_pipe == 0 && !p.aborted) {
+            // Half-close only once the pipe is empty: every byte read has been sent on.
+            sys::shutdown_write(out);
+            break;
+        }
+    }
+    if (in_pipe == 0) pool.put(std::move(pipe));
+}
+
+}  // namespace
+
+net::awaitable<void> run_splice(pair_state& p) {
+    co_await run_pair(p, splice_direction(p, p.client, p.upstream), splice_direction(p, p.upstream, p.client));
+}
+
+bool splice_available() {
+    static const bool available = [] {
+        int fds[2];
+        if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) return false;
+        sys::unique_fd r(fds[0]), w(fds[1]);
+        int s = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (s < 0) return false;
+        sys::unique_fd sock(s);
+        // An unconnected TCP socket answers ENOTCONN when splice is wired up for TCP,
+        // EINVAL/ENOSYS when it is not.
+        ssize_t n = ::splice(s, nullptr, w.get(), nullptr, 1, SPLICE_F_NONBLOCK);
+        return n >= 0 || (errno != EINVAL && errno != ENOSYS);
+    }();
+    return available;
+}
+
+}  // namespace spliced::datapath

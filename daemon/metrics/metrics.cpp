@@ -1,0 +1,128 @@
+// Prometheus metrics: the one table of spliced_* families, per-route handles, and the /metrics endpoint.
+#include "metrics/metrics.hpp"
+
+#include <mutex>
+#include <prometheus/collectable.h>
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/gauge.h>
+#include <prometheus/registry.h>
+#include <stdexcept>
+
+namespace spliced::metrics {
+
+const char* to_string(connect_error e) {
+    switch (e) {
+    case connect_error::refused: return "refused";
+    case connect_error::timeout: return "timeout";
+    case connect_error::unreachable: return "unreachable";
+    case connect_error::other: return "other";
+    }
+    return "other";
+}
+
+void route_metrics::connection_opened() const { active->Increment(); }
+
+void route_metrics::connection_handed_off(datapath::kind k) const {
+    connections[static_cast<std::size_t>(k)]->Increment();
+}
+
+void route_metrics::connection_closed() const { active->Decrement(); }
+
+void route_metrics::connect_failed(std::size_t backend, connect_error e) const {
+    connect_errors.at(backend)[static_cast<std::size_t>(e)]->Increment();
+}
+
+// Every spliced_* family, declared once.
+struct registry::families {
+    prometheus::Family<prometheus::Counter>& connections_total;
+    prometheus::Family<prometheus::Gauge>& connections_active;
+    prometheus::Family<prometheus::Counter>& upstream_connect_errors_total;
+    prometheus::Family<prometheus::Gauge>& build_info;
+
+    explicit families(prometheus::Registry& r)
+        : connections_total(prometheus::BuildCounter()
+                                .Name("spliced_connections_total")
+                                .Help("Proxied connections handed to a data path")
+                                .Register(r)),
+          connections_active(prometheus::BuildGauge()
+                                 .Name("spliced_connections_active")
+                                 .Help("Client connections currently open")
+                                 .Register(r)),
+          upstream_connect_errors_total(prometheus::BuildCounter()
+                                            .Name("spliced_upstream_connect_errors_total")
+                                            .Help("Failed connects to a backend, by reason")
+                                            .Register(r)),
+          build_info(prometheus::BuildGauge()
+                         .Name("spliced_build_info")
+                         .Help("Version of the running spliced")
+                         .Register(r)) {}
+};
+
+// Counters whose value lives elsewhere (BPF maps) and is read when scraped.
+struct registry::sampled : prometheus::Collectable {
+    struct entry {
+        std::string name, help;
+        std::function<double()> value;
+    };
+    mutable std::mutex mutex;
+    std::vector<entry> entries;
+
+    std::vector<prometheus::MetricFamily> Collect() const override {
+        std::lock_guard lock(mutex);
+        std::vector<prometheus::MetricFamily> out;
+        for (const auto& e : entries) {
+            prometheus::MetricFamily f;
+            f.name = e.name;
+            f.help = e.help;
+            f.type = prometheus::MetricType::Counter;
+            prometheus::ClientMetric m;
+            m.counter.value = e.value();
+            f.metric.push_back(std::move(m));
+            out.push_back(std::move(f));
+        }
+        return out;
+    }
+};
+
+registry::registry()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      families_(std::make_unique<families>(*registry_)),
+      sampled_(std::make_shared<sampled>()) {
+    families_->build_info.Add({{"version", SPLICED_VERSION}}).Set(1);
+}
+
+registry::~registry() = default;
+
+route_metrics registry::add_route(const config::route& r) {
+    route_metrics m;
+    for (auto k : {datapath::kind::sockmap, datapath::kind::splice, datapath::kind::copy})
+        m.connections[static_cast<std::size_t>(k)] =
+            &families_->connections_total.Add({{"route", r.name}, {"datapath", datapath::to_string(k)}});
+    m.active = &families_->connections_active.Add({{"route", r.name}});
+    for (const auto& b : r.backends) {
+        std::array<prometheus::Counter*, connect_error_count> per_reason{};
+        for (std::size_t i = 0; i < connect_error_count; ++i)
+            per_reason[i] = &families_->upstream_connect_errors_total.Add(
+                {{"route", r.name}, {"backend", b.addr.text}, {"reason", to_string(static_cast<connect_error>(i))}});
+        m.connect_errors.push_back(per_reason);
+    }
+    return m;
+}
+
+void registry::add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value) {
+    std::lock_guard lock(sampled_->mutex);
+    sampled_->entries.push_back({name, help, std::move(value)});
+}
+
+void registry::serve(const config::address& listen) {
+    try {
+        exposer_ = std::make_unique<prometheus::Exposer>(listen.text, 1);
+    } catch (const std::exception& e) {
+        throw std::runtime_error("metrics: cannot listen on " + listen.text + ": " + e.what());
+    }
+    exposer_->RegisterCollectable(registry_);
+    exposer_->RegisterCollectable(sampled_);
+}
+
+}  // namespace spliced::metrics

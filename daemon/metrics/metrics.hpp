@@ -1,0 +1,60 @@
+// Prometheus metrics: the one table of spliced_* families, per-route handles, and the /metrics endpoint.
+#pragma once
+
+#include "config/config.hpp"
+#include "datapath/datapath.hpp"
+
+#include <array>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace prometheus {
+class Counter;
+class Gauge;
+class Registry;
+class Exposer;
+}  // namespace prometheus
+
+namespace spliced::metrics {
+
+// Why an upstream connect failed (the `reason` label).
+enum class connect_error { refused, timeout, unreachable, other };
+inline constexpr std::size_t connect_error_count = 4;
+const char* to_string(connect_error e);
+
+// Handles of one route's series, created once at startup.
+struct route_metrics {
+    std::array<prometheus::Counter*, 3> connections{};  // by datapath::kind
+    prometheus::Gauge* active = nullptr;
+    // [backend index][connect_error]
+    std::vector<std::array<prometheus::Counter*, connect_error_count>> connect_errors;
+
+    void connection_opened() const;
+    void connection_handed_off(datapath::kind k) const;
+    void connection_closed() const;
+    void connect_failed(std::size_t backend, connect_error e) const;
+};
+
+class registry {
+public:
+    registry();
+    ~registry();
+    // Adds every series of a route.
+    route_metrics add_route(const config::route& r);
+    // Exposes `value()` as a counter sampled at scrape time (e.g. BPF per-CPU sums).
+    void add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value);
+    // Serves GET /metrics on the address; throws std::runtime_error when it cannot bind.
+    void serve(const config::address& listen);
+
+private:
+    std::shared_ptr<prometheus::Registry> registry_;
+    std::unique_ptr<prometheus::Exposer> exposer_;
+    struct families;
+    std::unique_ptr<families> families_;
+    struct sampled;
+    std::shared_ptr<sampled> sampled_;
+};
+
+}  // namespace spliced::metrics

@@ -1,0 +1,49 @@
+// Listening sockets (one per address and worker, SO_REUSEPORT) and the accept loop that never dies.
+#include "net/listener.hpp"
+
+#include "net/endpoint.hpp"
+
+#include <boost/asio/detail/socket_option.hpp>
+#include <spdlog/spdlog.h>
+#include <stdexcept>
+#include <sys/socket.h>
+
+namespace spliced::net {
+
+tcp::acceptor open_listener(asio::io_context& io, const config::address& addr) {
+    using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+    auto ep = to_endpoint(addr);
+    tcp::acceptor acceptor(io);
+    boost::system::error_code ec;
+    acceptor.open(ep.protocol(), ec);
+    if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor.set_option(reuse_port(true), ec);
+    if (!ec && ep.address().is_v6()) acceptor.set_option(asio::ip::v6_only(true), ec);
+    if (!ec) acceptor.bind(ep, ec);
+    if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) throw std::runtime_error("cannot listen on " + addr.text + ": " + ec.message());
+    return acceptor;
+}
+
+awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<void(tcp::socket)> on_accept) {
+    asio::steady_timer pause(co_await asio::this_coro::executor);
+    while (acceptor.is_open()) {
+        auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+        if (!ec) {
+            on_accept(std::move(socket));
+            continue;
+        }
+        if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
+        if (ec == asio::error::no_descriptors || ec.value() == ENFILE || ec == asio::error::no_buffer_space ||
+            ec == asio::error::no_memory) {
+            spdlog::warn("accept: {}; pausing accepts for 100 ms", ec.message());
+            pause.expires_after(std::chrono::milliseconds(100));
+            co_await pause.async_wait(use_tuple);
+            continue;
+        }
+        // ECONNABORTED and friends: the client gave up while queued; keep accepting.
+        spdlog::debug("accept: {}", ec.message());
+    }
+}
+
+}  // namespace spliced::net

@@ -1,0 +1,136 @@
+// One client connection from accept to close: pick and connect a backend, hand off to a data path.
+#include "proxy/session.hpp"
+
+#include "datapath/sockmap.hpp"
+#include "datapath/sockmap_path.hpp"
+#include "datapath/splice_pump.hpp"
+#include "log/log.hpp"
+#include "net/upstream.hpp"
+#include "sys/socket.hpp"
+
+#include <optional>
+
+namespace spliced::proxy {
+
+namespace {
+
+struct active_guard {
+    const route_runtime& route;
+    std::atomic<long>* active;
+    active_guard(const route_runtime& r, std::atomic<long>* a) : route(r), active(a) {
+        route.metrics.connection_opened();
+        active->fetch_add(1, std::memory_order_relaxed);
+    }
+    ~active_guard() {
+        route.metrics.connection_closed();
+        active->fetch_sub(1, std::memory_order_relaxed);
+    }
+};
+
+std::string endpoint_text(const net::tcp::socket& s, bool remote) {
+    boost::system::error_code ec;
+    auto ep = remote ? s.remote_endpoint(ec) : s.local_endpoint(ec);
+    return ec ? std::string("?") : fmt::format("{}", ep);
+}
+
+// Tries each backend once, starting where the balancer says; counts every failure.
+net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route, std::uint64_t id,
+                                                            std::size_t& chosen) {
+    std::size_t index = route.balancer.first();
+    for (std::size_t tries = 0; tries < route.balancer.size(); ++tries, index = route.balancer.after(index)) {
+        const auto& backend = route.cfg.backends[index];
+        auto outcome = co_await net::connect_upstream(backend.addr, route.cfg.timeouts.connect);
+        if (outcome.socket) {
+            chosen = index;
+            co_return std::move(outcome.socket);
+        }
+        route.metrics.connect_failed(index, outcome.reason);
+        spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.addr.text,
+                     metrics::to_string(outcome.reason), outcome.error.message());
+    }
+    co_return std::nullopt;
+}
+
+// Picks the data path for this pair; on sockmap, inserts it into the maps.
+datapath::kind hand_off(route_runtime& route, session_env env, net::tcp::socket& client,
+                        net::tcp::socket& upstream, std::uint64_t id, std::optional<datapath::sockmap_pair>& in_map) {
+    if (route.path != datapath::kind::sockmap || !env.engine) return route.path;
+    auto ins = env.engine->insert(client.native_handle(), upstream.native_handle());
+    if (!ins.error) {
+        in_map = ins.pair;
+        return datapath::kind::sockmap;
+    }
+    // A socket that entered the map (even briefly) is never spliced.
+    auto fallback = ins.entered_map ? datapath::kind::copy : datapath::kind::splice;
+    spdlog::debug("conn {} route {}: sockmap insert failed at {}: {}; using {}", id, route.cfg.name, ins.what,
+                  ins.error.message(), datapath::to_string(fallback));
+    return fallback;
+}
+
+}  // namespace
+
+net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_env env, net::tcp::socket client,
+                                 std::uint64_t id) {
+    const auto started = std::chrono::steady_clock::now();
+    active_guard guard(*route, env.active);
+    sys::set_nodelay(client.native_handle(), true);
+    const std::string client_text = endpoint_text(client, true);
+
+    std::size_t backend_index = 0;
+    auto upstream_opt = co_await connect_any(*route, id, backend_index);
+    if (!upstream_opt) {
+        if (env.access_log)
+            env.access_log->info("route={} client={} backend=- datapath=- duration_ms={} bytes_in=0 bytes_out=0 "
+                                 "end=no_backend",
+                                 route->cfg.name, client_text,
+                                 std::chrono::duration_cast<std::chrono::milliseconds>(
+                                     std::chrono::steady_clock::now() - started)
+                                     .count());
+        co_return;  // closing the client is the answer
+    }
+    net::tcp::socket upstream = std::move(*upstream_opt);
+    sys::set_nodelay(upstream.native_handle(), true);
+    client.non_blocking(true);
+    upstream.non_blocking(true);
+
+    std::optional<datapath::sockmap_pair> in_map;
+    auto path = hand_off(*route, env, client, upstream, id, in_map);
+    route->metrics.connection_handed_off(path);
+
+    datapath::pair_state pair{client, upstream, route->cfg.timeouts.idle};
+    switch (path) {
+    case datapath::kind::sockmap: co_await datapath::run_sockmap(pair); break;
+    case datapath::kind::splice: co_await datapath::run_splice(pair); break;
+    case datapath::kind::copy: co_await datapath::run_copy(pair); break;
+    }
+
+    sys::tcp_stats from_client, from_upstream;
+    sys::tcp_stats_of(client.native_handle(), from_client);
+    sys::tcp_stats_of(upstream.native_handle(), from_upstream);
+    if (in_map) env.engine->remove(*in_map);
+    if (pair.reason != datapath::end_reason::completed && pair.reason != datapath::end_reason::idle_timeout) {
+        // Data was lost on one side: make the other side see a reset, not a clean end.
+        sys::set_linger_reset(client.native_handle());
+        sys::set_linger_reset(upstream.native_handle());
+    }
+    boost::system::error_code ignored;
+    client.close(ignored);
+    upstream.close(ignored);
+
+    if (pair.demoted_bytes)
+        spdlog::info("conn {} route {}: {} bytes copied by userspace after a sockmap peer miss", id,
+                     route->cfg.name, pair.demoted_bytes);
+    if (env.access_log)
+        env.access_log->info("route={} client={} backend={} datapath={} duration_ms={} bytes_in={} bytes_out={} "
+                             "end={}",
+                             route->cfg.name, client_text, route->cfg.backends[backend_index].addr.text,
+                             datapath::to_string(path),
+                             std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 std::chrono::steady_clock::now() - started)
+                                 .count(),
+                             pair.payload_received(client, from_client.bytes_received),
+                             pair.payload_received(upstream, from_upstream.bytes_received),
+                             datapath::to_string(pair.reason));
+}
+
+}  // namespace spliced::proxy

@@ -1,0 +1,75 @@
+// Thin, errno-capturing wrappers over the socket options and ioctls the data paths rely on.
+#include "sys/socket.hpp"
+
+#include <cerrno>
+#include <linux/sockios.h>
+#include <linux/tcp.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
+namespace spliced::sys {
+
+namespace {
+// Kernel TCP states (include/net/tcp_states.h); not exported by a userspace header.
+constexpr std::uint8_t tcp_established = 1;
+constexpr std::uint8_t tcp_close_wait = 8;
+}  // namespace
+
+bool tcp_stats::established() const { return state == tcp_established; }
+bool tcp_stats::can_send() const { return state == tcp_established || state == tcp_close_wait; }
+
+std::error_code tcp_stats_of(int fd, tcp_stats& out) {
+    struct tcp_info info {};
+    socklen_t len = sizeof(info);
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return last_error();
+    out.state = info.tcpi_state;
+    out.last_data_recv_ms = info.tcpi_last_data_recv;
+    out.bytes_acked = info.tcpi_bytes_acked;
+    out.bytes_received = info.tcpi_bytes_received;
+    return {};
+}
+
+std::error_code socket_cookie(int fd, std::uint64_t& out) {
+    socklen_t len = sizeof(out);
+    if (::getsockopt(fd, SOL_SOCKET, SO_COOKIE, &out, &len) != 0) return last_error();
+    return {};
+}
+
+std::error_code set_rcvlowat(int fd, int bytes) {
+    if (::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof(bytes)) != 0) return last_error();
+    return {};
+}
+
+std::error_code set_nodelay(int fd, bool on) {
+    int v = on ? 1 : 0;
+    if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) != 0) return last_error();
+    return {};
+}
+
+std::error_code set_linger_reset(int fd) {
+    linger l{1, 0};
+    if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) != 0) return last_error();
+    return {};
+}
+
+std::error_code send_queue_bytes(int fd, int& out) {
+    if (::ioctl(fd, SIOCOUTQ, &out) != 0) return last_error();
+    return {};
+}
+
+std::error_code shutdown_write(int fd) {
+    if (::shutdown(fd, SHUT_WR) != 0) return last_error();
+    return {};
+}
+
+std::error_code bytes_queued_total(int fd, std::uint64_t& out) {
+    tcp_stats info;
+    if (auto ec = tcp_stats_of(fd, info)) return ec;
+    int outq = 0;
+    if (auto ec = send_queue_bytes(fd, outq)) return ec;
+    out = info.bytes_acked + static_cast<std::uint64_t>(outq);
+    return {};
+}
+
+}  // namespace spliced::sys

@@ -1,0 +1,35 @@
+// Thin, errno-capturing wrappers over the socket options and ioctls the data paths rely on.
+#pragma once
+
+#include <cstdint>
+#include <system_error>
+
+namespace spliced::sys {
+
+// errno of the call just made, as an error_code.
+inline std::error_code last_error() { return {errno, std::system_category()}; }
+
+// The TCP_INFO fields spliced uses (the kernel's struct, not glibc's shorter one).
+struct tcp_stats {
+    std::uint8_t state = 0;                  // TCP_ESTABLISHED, TCP_CLOSE_WAIT, ...
+    std::uint32_t last_data_recv_ms = 0;     // since the last data segment arrived
+    std::uint64_t bytes_acked = 0;           // sent and acknowledged by the peer
+    std::uint64_t bytes_received = 0;        // received in order
+    bool established() const;
+    bool can_send() const;                   // ESTABLISHED or CLOSE_WAIT
+};
+
+std::error_code tcp_stats_of(int fd, tcp_stats& out);
+std::error_code socket_cookie(int fd, std::uint64_t& out);
+std::error_code set_rcvlowat(int fd, int bytes);
+std::error_code set_nodelay(int fd, bool on);
+// SO_LINGER {1, 0}: the next close() sends RST instead of FIN.
+std::error_code set_linger_reset(int fd);
+// Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
+std::error_code send_queue_bytes(int fd, int& out);
+std::error_code shutdown_write(int fd);
+
+// Bytes the socket has ever queued for sending: tcpi_bytes_acked + SIOCOUTQ.
+std::error_code bytes_queued_total(int fd, std::uint64_t& out);
+
+}  // namespace spliced::sys
