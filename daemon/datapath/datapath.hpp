@@ -27,6 +27,10 @@ struct pair_state {
     end_reason reason = end_reason::completed;
     bool aborted = false;
     std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a peer miss
+    // Sockmap: bytes_queued_total() of each socket when the pair entered the map; the client
+    // userspace read before that (none yet) would be subtracted here too.
+    std::uint64_t client_queued_base = 0;
+    std::uint64_t upstream_queued_base = 0;
     bool client_eof = false;          // FIN received from the client
     bool upstream_eof = false;        // FIN received from the upstream
 
@@ -34,6 +38,9 @@ struct pair_state {
     void abort(end_reason why);
     // The reason an I/O error on `s` stands for (reset of that side, or a local error).
     end_reason reset_reason(const net::tcp::socket& s) const;
+    std::uint64_t queued_base(const net::tcp::socket& s) const {
+        return &s == &client ? client_queued_base : upstream_queued_base;
+    }
     void mark_eof(const net::tcp::socket& s) { (&s == &client ? client_eof : upstream_eof) = true; }
     // Payload bytes `s` received: tcpi_bytes_received counts a received FIN as one more byte.
     std::uint64_t payload_received(const net::tcp::socket& s, std::uint64_t bytes_received) const {

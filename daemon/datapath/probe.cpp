@@ -149,7 +149,7 @@ std::string self_test(sockmap_engine& engine) {
         if (sys::tcp_stats_of(a.inner.get(), src) || sys::bytes_queued_total(b.outer.get(), queued))
             return errno_text("TCP_INFO");
         // tcpi_bytes_received counts the FIN (already seen above) as one byte.
-        if (queued + 1 >= src.bytes_received) break;
+        if (queued >= ins.pair.upstream_queued_base + src.bytes_received - 1) break;
         if (clock::now() > deadline) return "peer never took the redirected bytes";
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }

@@ -86,6 +86,15 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
         }
     }
 
+    if (auto ec = sys::bytes_queued_total(client_fd, pair.client_queued_base)) {
+        ungate();
+        return fail(ec, "SIOCOUTQ");
+    }
+    if (auto ec = sys::bytes_queued_total(upstream_fd, pair.upstream_queued_base)) {
+        ungate();
+        return fail(ec, "SIOCOUTQ");
+    }
+
     spliced_peer_value to_upstream{pair.upstream_cookie, 0, 0};
     spliced_peer_value to_client{pair.client_cookie, 0, 0};
     int peers = peers_fd();

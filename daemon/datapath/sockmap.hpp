@@ -16,6 +16,11 @@ namespace spliced::datapath {
 struct sockmap_pair {
     std::uint64_t client_cookie = 0;
     std::uint64_t upstream_cookie = 0;
+    // bytes_queued_total() of each socket at insertion. Every byte the other socket receives
+    // after that lands on top of it, whatever the counters' quirks (an active opener's
+    // tcpi_bytes_acked counts its SYN).
+    std::uint64_t client_queued_base = 0;
+    std::uint64_t upstream_queued_base = 0;
 };
 
 struct insert_outcome {

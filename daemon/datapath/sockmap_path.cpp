@@ -11,8 +11,9 @@ namespace {
 
 // Waits until `to` has taken into its send queue every byte `from` received: redirected bytes
 // sit in the peer's psock backlog until a kworker sends them, and shutting `to` down earlier
-// would lose them. No syscall reports that backlog, so compare byte counters: bytes userspace
-// copied after a demotion count on both sides and cancel out.
+// would lose them. No syscall reports that backlog, so compare byte counters: `to` has taken
+// everything once its queued total grew, since insertion, by all `from` received. Bytes
+// userspace copied after a demotion count on both sides and cancel out.
 net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
     using namespace std::chrono_literals;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
@@ -26,7 +27,7 @@ net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp:
             p.abort(end_reason::error);
             co_return false;
         }
-        if (queued >= p.payload_received(from, src.bytes_received)) co_return true;
+        if (queued >= p.queued_base(to) + p.payload_received(from, src.bytes_received)) co_return true;
         if (!dst.can_send()) {
             // The peer is gone (reset): what is still in its backlog can never be delivered.
             p.abort(p.reset_reason(to));

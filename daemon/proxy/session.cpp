@@ -98,6 +98,10 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     route->metrics.connection_handed_off(path);
 
     datapath::pair_state pair{client, upstream, route->cfg.timeouts.idle};
+    if (in_map) {
+        pair.client_queued_base = in_map->client_queued_base;
+        pair.upstream_queued_base = in_map->upstream_queued_base;
+    }
     switch (path) {
     case datapath::kind::sockmap: co_await datapath::run_sockmap(pair); break;
     case datapath::kind::splice: co_await datapath::run_splice(pair); break;
