@@ -47,10 +47,15 @@ int spliced_verdict(struct __sk_buff *skb)
 	__u32 len = skb->len;
 	long verdict;
 
-	/* Zero-length skbs come around FIN; redirecting them breaks the peer socket. */
+	/* Zero-length skbs come with FIN and carry no byte. Redirecting one breaks the peer
+	 * socket. Passing one is no better: if this socket's backlog still holds skbs redirected
+	 * to it, the pass is queued behind them, and the kworker's zero-byte ingress counts as a
+	 * hard error that disables the backlog, stranding those bytes. Drop it: the FIN itself is
+	 * already recorded by TCP, so userspace still reads EOF.
+	 */
 	if (len == 0) {
-		count(SPLICED_CNT_PASS_EMPTY, 1);
-		return SK_PASS;
+		count(SPLICED_CNT_DROP_EMPTY, 1);
+		return SK_DROP;
 	}
 	peer = bpf_map_lookup_elem(&peers, &cookie);
 	if (!peer) {

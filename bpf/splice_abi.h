@@ -23,7 +23,7 @@ enum spliced_counter {
 	SPLICED_CNT_REDIRECT_BYTES,
 	SPLICED_CNT_PEER_MISS,       /* redirect target missing: direction demoted to userspace */
 	SPLICED_CNT_NO_PEER_ENTRY,   /* skb from a socket with no peer-map entry: passed */
-	SPLICED_CNT_PASS_EMPTY,      /* zero-length skb (around FIN): passed, never redirected */
+	SPLICED_CNT_DROP_EMPTY,      /* zero-length skb (FIN): dropped, never redirected or passed */
 	SPLICED_CNT_PASS_DEMOTED,    /* skb of an already demoted direction: passed */
 	SPLICED_CNT_MAX,
 };

@@ -4,6 +4,8 @@
 #include "sys/socket.hpp"
 
 #include <algorithm>
+#include <array>
+#include <memory>
 
 namespace spliced::datapath {
 
@@ -53,6 +55,23 @@ net::awaitable<void> sockmap_direction(pair_state& p, net::tcp::socket& from, ne
 }
 
 }  // namespace
+
+net::awaitable<std::uint64_t> forward_queued(net::tcp::socket& from, net::tcp::socket& to) {
+    constexpr std::uint64_t bound = 4 * 1024 * 1024;  // a fast sender must not keep us here
+    std::unique_ptr<std::array<char, 64 * 1024>> buffer;
+    std::uint64_t total = 0;
+    while (total < bound) {
+        if (!buffer) buffer = std::make_unique<std::array<char, 64 * 1024>>();
+        boost::system::error_code ec;
+        std::size_t n = from.read_some(net::asio::buffer(*buffer), ec);
+        if (ec || n == 0) break;  // drained (EAGAIN), EOF or error: the data path deals with it
+        auto [write_ec, written] = co_await net::asio::async_write(to, net::asio::buffer(buffer->data(), n),
+                                                                   net::use_tuple);
+        total += written;
+        if (write_ec) break;
+    }
+    co_return total;
+}
 
 net::awaitable<void> run_sockmap(pair_state& p) {
     co_await run_pair(p, sockmap_direction(p, p.client, p.upstream), sockmap_direction(p, p.upstream, p.client));

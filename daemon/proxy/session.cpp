@@ -93,14 +93,21 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     client.non_blocking(true);
     upstream.non_blocking(true);
 
+    std::uint64_t early_from_client = 0, early_from_upstream = 0;
+    if (route->path == datapath::kind::sockmap && env.engine) {
+        early_from_client = co_await datapath::forward_queued(client, upstream);
+        early_from_upstream = co_await datapath::forward_queued(upstream, client);
+    }
     std::optional<datapath::sockmap_pair> in_map;
     auto path = hand_off(*route, env, client, upstream, id, in_map);
     route->metrics.connection_handed_off(path);
 
     datapath::pair_state pair{client, upstream, route->cfg.timeouts.idle};
     if (in_map) {
-        pair.client_queued_base = in_map->client_queued_base;
-        pair.upstream_queued_base = in_map->upstream_queued_base;
+        // Bytes forwarded before insertion are in the peer's queued total already, and also
+        // in the sender's received total: count them once.
+        pair.client_queued_base = in_map->client_queued_base - early_from_upstream;
+        pair.upstream_queued_base = in_map->upstream_queued_base - early_from_client;
     }
     switch (path) {
     case datapath::kind::sockmap: co_await datapath::run_sockmap(pair); break;

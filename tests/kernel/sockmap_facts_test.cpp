@@ -228,3 +228,36 @@ TEST_CASE("redirected bytes count as taken by the peer only once they are in its
     CHECK(queued - ins.pair.upstream_queued_base == data.size());
     engine().remove(ins.pair);
 }
+
+TEST_CASE("a demoted direction delivers every byte to userspace, in order, even in bulk") {
+    proxied p;
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    REQUIRE(bpf_map_delete_elem(engine().sockhash_fd(), &ins.pair.upstream_cookie) == 0);
+    auto data = pattern(4 * 1024 * 1024, 5);
+    std::thread writer([&] { send_all(p.client.outer.get(), data); });
+    auto got = read_for(p.client.inner.get(), data.size(), std::chrono::milliseconds(10000));
+    writer.join();
+    CHECK(got.size() == data.size());
+    CHECK(got == data);
+    engine().remove(ins.pair);
+}
+
+TEST_CASE("a FIN arriving while the socket's redirect backlog still holds bytes does not strand them") {
+    proxied p;
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    // Backend -> client, while the client reads nothing: the client socket's send buffer fills
+    // and the rest waits in its psock backlog.
+    auto data = pattern(16 * 1024 * 1024, 6);
+    std::thread writer([&] { send_all(p.upstream.inner.get(), data); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // The client half-closes: its FIN reaches the proxy socket with the backlog non-empty.
+    ::shutdown(p.client.outer.get(), SHUT_WR);
+    CHECK(eof_within(p.client.inner.get(), std::chrono::milliseconds(2000)));
+    auto got = read_for(p.client.outer.get(), data.size(), std::chrono::milliseconds(10000));
+    writer.join();
+    CHECK(got.size() == data.size());
+    CHECK(got == data);
+    engine().remove(ins.pair);
+}
