@@ -4,9 +4,12 @@
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstring>
-#include <fstream>
+#include <fcntl.h>
+#include <map>
 #include <set>
-#include <sstream>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <variant>
 #include <yaml-cpp/yaml.h>
 
 namespace spliced::config {
@@ -29,269 +32,391 @@ config_error::config_error(std::string file, int line, int column, const std::st
       message_(message) {}
 
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
+    constexpr std::uint64_t limit_ms = 1000ull * 86'400'000;  // 1000 days: far beyond any sane timeout
     if (text.empty()) return std::nullopt;
-    std::chrono::milliseconds total{0};
+    std::uint64_t total = 0;
     std::size_t i = 0;
     while (i < text.size()) {
         std::size_t start = i;
         std::uint64_t value = 0;
         while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
             value = value * 10 + static_cast<std::uint64_t>(text[i] - '0');
-            if (value > 1'000'000'000ull) return std::nullopt;
+            if (value > limit_ms) return std::nullopt;
             ++i;
         }
         if (i == start) return std::nullopt;
         std::size_t unit_start = i;
         while (i < text.size() && text[i] >= 'a' && text[i] <= 'z') ++i;
         auto unit = text.substr(unit_start, i - unit_start);
-        std::uint64_t ms;
-        if (unit == "ms") ms = 1;
-        else if (unit == "s") ms = 1000;
-        else if (unit == "m") ms = 60'000;
-        else if (unit == "h") ms = 3'600'000;
-        else if (unit == "d") ms = 86'400'000;
+        std::uint64_t scale;
+        if (unit == "ms") scale = 1;
+        else if (unit == "s") scale = 1000;
+        else if (unit == "m") scale = 60'000;
+        else if (unit == "h") scale = 3'600'000;
+        else if (unit == "d") scale = 86'400'000;
         else return std::nullopt;
-        total += std::chrono::milliseconds(value * ms);
+        total += value * scale;  // value <= limit_ms and scale <= 1 day: no overflow
+        if (total > limit_ms) return std::nullopt;
     }
-    return total;
+    return std::chrono::milliseconds(total);
 }
 
-std::optional<address> parse_address(std::string_view text) {
+namespace {
+
+// Parses an address or says what is wrong with it.
+std::variant<address, std::string> parse_address_or_reason(std::string_view text) {
     address a;
     std::string host;
     std::string_view port_text;
-    if (!text.empty() && text.front() == '[') {
+    bool v6 = !text.empty() && text.front() == '[';
+    if (v6) {
         auto close = text.find(']');
-        if (close == std::string_view::npos || close + 1 >= text.size() || text[close + 1] != ':') return std::nullopt;
+        if (close == std::string_view::npos) return "missing ']' after the IPv6 address";
+        if (close + 1 >= text.size() || text[close + 1] != ':') return "missing ':port' after ']'";
         host = std::string(text.substr(1, close - 1));
         port_text = text.substr(close + 2);
-        auto* sa = reinterpret_cast<sockaddr_in6*>(&a.storage);
-        if (::inet_pton(AF_INET6, host.c_str(), &sa->sin6_addr) != 1) return std::nullopt;
-        sa->sin6_family = AF_INET6;
-        a.length = sizeof(sockaddr_in6);
     } else {
         auto colon = text.rfind(':');
-        if (colon == std::string_view::npos) return std::nullopt;
+        if (colon == std::string_view::npos) return "missing ':port'";
         host = std::string(text.substr(0, colon));
         port_text = text.substr(colon + 1);
-        auto* sa = reinterpret_cast<sockaddr_in*>(&a.storage);
-        if (::inet_pton(AF_INET, host.c_str(), &sa->sin_addr) != 1) return std::nullopt;
-        sa->sin_family = AF_INET;
-        a.length = sizeof(sockaddr_in);
     }
-    if (port_text.empty() || port_text.size() > 5) return std::nullopt;
+    if (port_text.empty()) return "missing port after ':'";
+    if (port_text.find_first_not_of("0123456789") != std::string_view::npos) return "port is not a number";
+    if (port_text.size() > 5) return "port is out of range 1-65535";
     unsigned port = 0;
-    for (char c : port_text) {
-        if (c < '0' || c > '9') return std::nullopt;
-        port = port * 10 + static_cast<unsigned>(c - '0');
-    }
-    if (port == 0 || port > 65535) return std::nullopt;
-    if (a.family() == AF_INET6) {
-        reinterpret_cast<sockaddr_in6*>(&a.storage)->sin6_port = htons(static_cast<std::uint16_t>(port));
-        char buf[INET6_ADDRSTRLEN];
-        ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(&a.storage)->sin6_addr, buf, sizeof(buf));
+    for (char c : port_text) port = port * 10 + static_cast<unsigned>(c - '0');
+    if (port == 0 || port > 65535) return "port " + std::to_string(port) + " is out of range 1-65535";
+
+    char buf[INET6_ADDRSTRLEN];
+    if (v6) {
+        auto* sa = reinterpret_cast<sockaddr_in6*>(&a.storage);
+        if (::inet_pton(AF_INET6, host.c_str(), &sa->sin6_addr) != 1) return "'" + host + "' is not an IPv6 address";
+        sa->sin6_family = AF_INET6;
+        sa->sin6_port = htons(static_cast<std::uint16_t>(port));
+        a.length = sizeof(sockaddr_in6);
+        ::inet_ntop(AF_INET6, &sa->sin6_addr, buf, sizeof(buf));
         a.text = "[" + std::string(buf) + "]:" + std::to_string(port);
     } else {
-        reinterpret_cast<sockaddr_in*>(&a.storage)->sin_port = htons(static_cast<std::uint16_t>(port));
-        a.text = host + ":" + std::to_string(port);
+        auto* sa = reinterpret_cast<sockaddr_in*>(&a.storage);
+        if (::inet_pton(AF_INET, host.c_str(), &sa->sin_addr) != 1) {
+            if (host.find(':') != std::string::npos) return "IPv6 addresses need brackets, e.g. [::1]:80";
+            bool named = host.find_first_not_of("0123456789.") != std::string::npos;
+            return "'" + host + "' is not an IP address" + (named ? " (hostnames are not resolved)" : "");
+        }
+        sa->sin_family = AF_INET;
+        sa->sin_port = htons(static_cast<std::uint16_t>(port));
+        a.length = sizeof(sockaddr_in);
+        ::inet_ntop(AF_INET, &sa->sin_addr, buf, sizeof(buf));
+        a.text = std::string(buf) + ":" + std::to_string(port);
     }
     return a;
 }
 
+}  // namespace
+
+std::optional<address> parse_address(std::string_view text) {
+    auto parsed = parse_address_or_reason(text);
+    if (auto* a = std::get_if<address>(&parsed)) return std::move(*a);
+    return std::nullopt;
+}
+
 namespace {
+
+// One key of a mapping: the key node (the position to blame when the value is empty) and its value.
+struct field {
+    std::string what;  // how messages name it: "drain_timeout", "timeouts.connect"
+    YAML::Node key;
+    YAML::Node value;
+};
+
+const char* kind_of(const YAML::Node& n) {
+    if (n.IsSequence()) return "a list";
+    if (n.IsMap()) return "a mapping";
+    if (n.IsNull()) return "nothing";
+    return "a single value";
+}
 
 // Walks the YAML tree; every error carries the position of the node it is about.
 class reader {
 public:
     explicit reader(std::string source) : source_(std::move(source)) {}
 
-    [[noreturn]] void fail(const YAML::Node& node, const std::string& message) const {
-        auto m = node.Mark();
+    [[noreturn]] void fail(const YAML::Node& at, const std::string& message) const {
+        auto m = at.Mark();
         throw config_error(source_, m.line + 1, m.column + 1, message);
     }
 
-    // Checks a map's keys against the known and the not-yet-supported ones.
-    void check_keys(const YAML::Node& map, const char* where, std::initializer_list<const char*> known,
-                    std::initializer_list<const char*> not_yet = {}) const {
-        if (!map.IsMap()) fail(map, std::string(where) + " must be a mapping");
-        std::set<std::string> seen;
-        for (auto it = map.begin(); it != map.end(); ++it) {
-            const YAML::Node& key = it->first;
-            if (!key.IsScalar()) fail(key, std::string("keys in ") + where + " must be plain names");
-            auto name = key.Scalar();
-            if (!seen.insert(name).second) fail(key, "duplicate key '" + name + "' in " + where);
-            bool ok = false;
-            for (auto k : known) ok |= name == k;
-            if (ok) continue;
-            for (auto k : not_yet)
-                if (name == k) fail(key, "'" + name + "' is not supported yet");
-            std::string list;
-            for (auto k : known) list += std::string(list.empty() ? "" : ", ") + k;
-            fail(key, "unknown key '" + name + "' in " + where + " (expected one of: " + list + ")");
+    config read(const YAML::Node& root) {
+        if (!root.IsMap()) fail(root, std::string("the config must be a mapping of keys, not ") + kind_of(root));
+        mapping top(*this, root, "the config", {"datapath", "workers", "drain_timeout", "metrics", "log", "routes"});
+        config c;
+        c.source = source_;
+        if (auto f = top.get("datapath")) c.datapath = datapath(*f);
+        if (auto f = top.get("workers")) c.workers = workers(*f);
+        if (auto f = top.get("drain_timeout")) c.drain_timeout = duration(*f, true);
+        if (auto f = top.get("metrics")) {
+            mapping m(*this, map_value(*f), "metrics", {"listen"});
+            auto listen = m.require("listen");
+            c.metrics.enabled = true;
+            c.metrics.listen = addr(value(listen), listen.what);
+            listens_.emplace(c.metrics.listen.text, "metrics.listen");
         }
+        if (auto f = top.get("log")) {
+            mapping l(*this, map_value(*f), "log", {"level", "access_log"});
+            if (auto lf = l.get("level")) c.log.level = level(*lf);
+            if (auto lf = l.get("access_log")) {
+                c.log.access_log = scalar(*lf);
+                if (c.log.access_log.empty()) fail(lf->value, "log.access_log must be stdout, off or a file path");
+            }
+        }
+        auto routes = top.require("routes");
+        const YAML::Node& list = value(routes);
+        if (!list.IsSequence()) fail(list, std::string("routes must be a list of routes, not ") + kind_of(list));
+        if (list.size() == 0) fail(list, "routes is empty: at least one route is needed");
+        for (std::size_t i = 0; i < list.size(); ++i) c.routes.push_back(read_route(item(list, i, "routes"), c.datapath));
+        return c;
     }
 
-    std::string scalar(const YAML::Node& n, const char* what) const {
-        if (!n.IsScalar()) fail(n, std::string(what) + " must be a single value");
+private:
+    // A mapping whose keys have been checked against the known and the not-yet-supported ones.
+    class mapping {
+    public:
+        mapping(const reader& r, const YAML::Node& map, std::string where, std::initializer_list<const char*> known,
+                std::initializer_list<const char*> not_yet = {})
+            : reader_(r), node_(map), where_(std::move(where)) {
+            if (!map.IsMap()) r.fail(map, where_ + " must be a mapping, not " + kind_of(map));
+            for (auto it = map.begin(); it != map.end(); ++it) {
+                const YAML::Node& key = it->first;
+                if (!key.IsScalar()) r.fail(key, "keys in " + where_ + " must be plain names, not " + kind_of(key));
+                const std::string& name = key.Scalar();
+                if (fields_.count(name)) r.fail(key, "duplicate key '" + name + "' in " + where_);
+                if (!contains(known, name)) {
+                    if (contains(not_yet, name)) r.fail(key, "'" + name + "' is not supported yet");
+                    std::string list;
+                    for (auto k : known) list += std::string(list.empty() ? "" : ", ") + k;
+                    r.fail(key, "unknown key '" + name + "' in " + where_ + " (expected one of: " + list + ")");
+                }
+                std::string what = where_ == "the config" || where_ == "route" || where_ == "backend"
+                                       ? name
+                                       : where_ + "." + name;
+                fields_.emplace(name, field{std::move(what), key, it->second});
+            }
+        }
+
+        std::optional<field> get(const std::string& name) const {
+            auto it = fields_.find(name);
+            if (it == fields_.end()) return std::nullopt;
+            return it->second;
+        }
+
+        field require(const std::string& name) const {
+            auto it = fields_.find(name);
+            if (it == fields_.end()) reader_.fail(node_, where_ + " needs '" + name + "'");
+            return it->second;
+        }
+
+        // Names the mapping in later messages, e.g. "route 'web'" once its name is known.
+        void rename(std::string where) { where_ = std::move(where); }
+
+    private:
+        static bool contains(std::initializer_list<const char*> names, const std::string& name) {
+            for (auto n : names)
+                if (name == n) return true;
+            return false;
+        }
+
+        const reader& reader_;
+        YAML::Node node_;
+        std::string where_;
+        std::map<std::string, field> fields_;
+    };
+
+    // The value of a key; an empty value (`key:`) is blamed on the key, as yaml-cpp places it at the next token.
+    const YAML::Node& value(const field& f) const {
+        if (f.value.IsNull()) fail(f.key, f.what + " needs a value");
+        return f.value;
+    }
+
+    const YAML::Node& map_value(const field& f) const {
+        const YAML::Node& v = value(f);
+        if (!v.IsMap()) fail(v, f.what + " must be a mapping, not " + kind_of(v));
+        return v;
+    }
+
+    // Entry i of a list; an empty entry (`-` alone) is blamed on the list.
+    YAML::Node item(const YAML::Node& list, std::size_t i, const std::string& what) const {
+        YAML::Node n = list[i];
+        if (n.IsNull()) fail(list, what + " entry " + std::to_string(i + 1) + " is empty");
+        return n;
+    }
+
+    std::string scalar(const YAML::Node& n, const std::string& what) const {
+        if (!n.IsScalar()) fail(n, what + " must be a single value, not " + kind_of(n));
         return n.Scalar();
     }
 
-    std::chrono::milliseconds duration(const YAML::Node& n, const char* what, bool allow_zero) const {
-        auto text = scalar(n, what);
+    std::string scalar(const field& f) const { return scalar(value(f), f.what); }
+
+    std::chrono::milliseconds duration(const field& f, bool allow_zero) const {
+        auto text = scalar(f);
+        const YAML::Node& n = f.value;
         bool digits_only = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
-        if (digits_only) fail(n, std::string(what) + ": duration needs a unit, e.g. 2s (got '" + text + "')");
+        if (digits_only) fail(n, f.what + ": duration needs a unit, e.g. 2s (got '" + text + "')");
         auto d = parse_duration(text);
-        if (!d) fail(n, std::string(what) + ": bad duration '" + text + "' (use ms, s, m, h, d, e.g. 500ms, 2s, 1m30s)");
-        if (!allow_zero && d->count() == 0) fail(n, std::string(what) + " must be greater than zero");
+        if (!d) fail(n, f.what + ": bad duration '" + text + "' (use ms, s, m, h, d, e.g. 500ms, 2s, 1m30s; at most 1000d)");
+        if (!allow_zero && d->count() == 0) fail(n, f.what + " must be greater than zero");
         return *d;
     }
 
-    address addr(const YAML::Node& n, const char* what) const {
+    address addr(const YAML::Node& n, const std::string& what) const {
         auto text = scalar(n, what);
-        auto a = parse_address(text);
-        if (!a) fail(n, std::string(what) + ": bad address '" + text +
-                            "' (expected IP:port or [IPv6]:port, port 1-65535)");
-        return *a;
+        auto parsed = parse_address_or_reason(text);
+        if (auto* reason = std::get_if<std::string>(&parsed))
+            fail(n, what + ": bad address '" + text + "': " + *reason + "; expected IP:port or [IPv6]:port");
+        return std::get<address>(std::move(parsed));
     }
 
-    datapath_kind datapath(const YAML::Node& n) const {
-        auto v = scalar(n, "datapath");
+    datapath_kind datapath(const field& f) const {
+        auto v = scalar(f);
         if (v == "auto") return datapath_kind::auto_select;
         if (v == "sockmap") return datapath_kind::sockmap;
         if (v == "splice") return datapath_kind::splice;
         if (v == "copy") return datapath_kind::copy;
-        fail(n, "unknown datapath '" + v + "' (expected auto, sockmap, splice or copy)");
+        fail(f.value, "unknown datapath '" + v + "' (expected auto, sockmap, splice or copy)");
     }
 
-    log_level level(const YAML::Node& n) const {
-        auto v = scalar(n, "log.level");
+    log_level level(const field& f) const {
+        auto v = scalar(f);
         static const std::pair<const char*, log_level> names[] = {
             {"trace", log_level::trace}, {"debug", log_level::debug}, {"info", log_level::info},
             {"warn", log_level::warn},   {"error", log_level::error}, {"critical", log_level::critical}};
         for (auto& [name, l] : names)
             if (v == name) return l;
-        fail(n, "unknown log level '" + v + "' (expected trace, debug, info, warn, error or critical)");
+        fail(f.value, "unknown log level '" + v + "' (expected trace, debug, info, warn, error or critical)");
     }
 
-    unsigned workers(const YAML::Node& n) const {
-        auto v = scalar(n, "workers");
+    unsigned workers(const field& f) const {
+        auto v = scalar(f);
         if (v.empty() || v.size() > 4 || v.find_first_not_of("0123456789") != std::string::npos || std::stoul(v) > 1024)
-            fail(n, "workers must be a whole number from 0 (one per CPU) to 1024 (got '" + v + "')");
+            fail(f.value, "workers must be a whole number from 0 (one per CPU) to 1024 (got '" + v + "')");
         return static_cast<unsigned>(std::stoul(v));
     }
 
-    route read_route(const YAML::Node& n, datapath_kind default_path) const {
-        check_keys(n, "route", {"name", "listen", "datapath", "balance", "timeouts", "backends"},
-                   {"max_connections", "send_proxy_protocol", "accept_proxy_protocol", "health_check"});
+    void balance(const field& f) const {
+        auto b = scalar(f);
+        if (b == "round_robin") return;
+        if (b == "least_conn" || b == "random" || b == "source_hash")
+            fail(f.value, "balance '" + b + "' is not supported yet (only round_robin)");
+        fail(f.value, "unknown balance '" + b + "' (expected round_robin, least_conn, random or source_hash)");
+    }
+
+    // Adds a listen address, refusing one that an earlier route (or metrics) already uses.
+    address listen_address(const YAML::Node& n, const std::string& route_name) {
+        auto a = addr(n, "listen");
+        auto [it, fresh] = listens_.emplace(a.text, "route '" + route_name + "'");
+        if (!fresh) fail(n, "listen address " + a.text + " is already used by " + it->second);
+        return a;
+    }
+
+    route read_route(const YAML::Node& n, datapath_kind default_path) {
+        mapping m(*this, n, "route", {"name", "listen", "datapath", "balance", "timeouts", "backends"},
+                  {"max_connections", "send_proxy_protocol", "accept_proxy_protocol", "health_check"});
         route r;
-        r.datapath = default_path;
-        if (!n["name"]) fail(n, "route needs a 'name'");
-        r.name = scalar(n["name"], "name");
+        auto name = m.require("name");
+        r.name = scalar(name);
         if (r.name.empty() || r.name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
                                                        "0123456789_.-") != std::string::npos)
-            fail(n["name"], "route name '" + r.name + "' must be non-empty and use only A-Z a-z 0-9 _ . -");
-        if (!n["listen"]) fail(n, "route '" + r.name + "' needs 'listen'");
-        const YAML::Node listen = n["listen"];
-        if (listen.IsSequence()) {
-            if (listen.size() == 0) fail(listen, "route '" + r.name + "': listen is an empty list");
-            for (const auto& l : listen) r.listen.push_back(addr(l, "listen"));
+            fail(name.value, "route name '" + r.name + "' must be non-empty and use only A-Z a-z 0-9 _ . -");
+        if (!names_.insert(r.name).second) fail(name.value, "duplicate route name '" + r.name + "'");
+        m.rename("route '" + r.name + "'");
+
+        auto listen = m.require("listen");
+        const YAML::Node& l = value(listen);
+        if (l.IsSequence()) {
+            if (l.size() == 0) fail(l, "route '" + r.name + "': listen is an empty list");
+            for (std::size_t i = 0; i < l.size(); ++i) r.listen.push_back(listen_address(item(l, i, "listen"), r.name));
         } else {
-            r.listen.push_back(addr(listen, "listen"));
+            r.listen.push_back(listen_address(l, r.name));
         }
-        if (n["datapath"]) {
-            r.datapath = datapath(n["datapath"]);
+
+        r.datapath = default_path;
+        if (auto f = m.get("datapath")) {
+            r.datapath = datapath(*f);
             r.datapath_set = true;
         }
-        if (n["balance"]) {
-            auto b = scalar(n["balance"], "balance");
-            if (b == "least_conn" || b == "random" || b == "source_hash")
-                fail(n["balance"], "balance '" + b + "' is not supported yet (only round_robin)");
-            if (b != "round_robin")
-                fail(n["balance"], "unknown balance '" + b + "' (expected round_robin, least_conn, random or source_hash)");
+        if (auto f = m.get("balance")) balance(*f);
+        if (auto f = m.get("timeouts")) {
+            mapping t(*this, map_value(*f), "timeouts", {"connect", "idle"});
+            if (auto tf = t.get("connect")) r.timeouts.connect = duration(*tf, false);
+            if (auto tf = t.get("idle")) r.timeouts.idle = duration(*tf, false);
         }
-        if (n["timeouts"]) {
-            const YAML::Node t = n["timeouts"];
-            check_keys(t, "timeouts", {"connect", "idle"});
-            if (t["connect"]) r.timeouts.connect = duration(t["connect"], "timeouts.connect", false);
-            if (t["idle"]) r.timeouts.idle = duration(t["idle"], "timeouts.idle", false);
-        }
-        if (!n["backends"]) fail(n, "route '" + r.name + "' needs 'backends'");
-        const YAML::Node backends = n["backends"];
-        if (!backends.IsSequence()) fail(backends, "backends must be a list");
-        if (backends.size() == 0) fail(backends, "route '" + r.name + "' has an empty backend list");
-        for (const auto& b : backends) {
-            check_keys(b, "backend", {"address"}, {"weight"});
-            if (!b["address"]) fail(b, "backend needs an 'address'");
-            r.backends.push_back({addr(b["address"], "backend address")});
+
+        auto backends = m.require("backends");
+        const YAML::Node& list = value(backends);
+        if (!list.IsSequence()) fail(list, std::string("backends must be a list, not ") + kind_of(list));
+        if (list.size() == 0) fail(list, "route '" + r.name + "' has an empty backend list");
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            mapping b(*this, item(list, i, "backends"), "backend", {"address"}, {"weight"});
+            r.backends.push_back({addr(value(b.require("address")), "backend address")});
         }
         return r;
     }
 
-    config read(const YAML::Node& root) const {
-        config c;
-        c.source = source_;
-        if (!root.IsDefined() || root.IsNull()) throw config_error(source_, 1, 1, "config is empty");
-        check_keys(root, "the config", {"datapath", "workers", "drain_timeout", "metrics", "log", "routes"});
-        if (root["datapath"]) c.datapath = datapath(root["datapath"]);
-        if (root["workers"]) c.workers = workers(root["workers"]);
-        if (root["drain_timeout"]) c.drain_timeout = duration(root["drain_timeout"], "drain_timeout", true);
-        if (root["metrics"]) {
-            const YAML::Node m = root["metrics"];
-            check_keys(m, "metrics", {"listen"});
-            if (!m["listen"]) fail(m, "metrics needs 'listen'");
-            c.metrics.enabled = true;
-            c.metrics.listen = addr(m["listen"], "metrics.listen");
-        }
-        if (root["log"]) {
-            const YAML::Node l = root["log"];
-            check_keys(l, "log", {"level", "access_log"});
-            if (l["level"]) c.log.level = level(l["level"]);
-            if (l["access_log"]) {
-                c.log.access_log = scalar(l["access_log"], "log.access_log");
-                if (c.log.access_log.empty())
-                    fail(l["access_log"], "log.access_log must be stdout, off or a file path");
-            }
-        }
-        if (!root["routes"]) fail(root, "the config needs 'routes'");
-        const YAML::Node routes = root["routes"];
-        if (!routes.IsSequence() || routes.size() == 0) fail(routes, "routes must be a non-empty list");
-        std::set<std::string> names, listens;
-        for (const auto& rn : routes) {
-            auto r = read_route(rn, c.datapath);
-            if (!names.insert(r.name).second) fail(rn["name"], "duplicate route name '" + r.name + "'");
-            const YAML::Node l = rn["listen"];
-            for (std::size_t i = 0; i < r.listen.size(); ++i)
-                if (!listens.insert(r.listen[i].text).second)
-                    fail(l.IsSequence() ? l[i] : l, "listen address " + r.listen[i].text + " is used twice");
-            if (c.metrics.enabled && listens.count(c.metrics.listen.text))
-                fail(l, "listen address " + c.metrics.listen.text + " is also metrics.listen");
-            c.routes.push_back(std::move(r));
-        }
-        return c;
-    }
-
-private:
     std::string source_;
+    std::set<std::string> names_;                  // route names seen so far
+    std::map<std::string, std::string> listens_;  // normalised listen address -> who uses it
 };
 
 }  // namespace
 
 config load_string(std::string_view yaml, const std::string& source) {
-    YAML::Node root;
+    std::vector<YAML::Node> docs;
     try {
-        root = YAML::Load(std::string(yaml));
-    } catch (const YAML::ParserException& e) {
+        docs = YAML::LoadAll(std::string(yaml));
+    } catch (const YAML::Exception& e) {
+        // ParserException and friends; a mark-less exception has line/column -1 and reports 0:0.
         throw config_error(source, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg);
     }
-    return reader(source).read(root);
+    if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) throw config_error(source, 1, 1, "config is empty");
+    if (docs.size() > 1) {
+        auto m = docs[1].Mark();
+        throw config_error(source, m.line + 1, m.column + 1, "only one YAML document is allowed in a config file");
+    }
+    return reader(source).read(docs[0]);
 }
 
 config load_file(const std::string& path) {
-    std::ifstream in(path);
-    if (!in) throw config_error(path, 0, 0, std::string("cannot open config file: ") + std::strerror(errno));
-    std::stringstream text;
-    text << in.rdbuf();
-    return load_string(text.str(), path);
+    auto cannot = [&](int err) {
+        return config_error(path, 0, 0, std::string("cannot open config file: ") + std::strerror(err));
+    };
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw cannot(errno);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        int err = errno;
+        ::close(fd);
+        throw cannot(err);
+    }
+    if (S_ISDIR(st.st_mode)) {
+        ::close(fd);
+        throw cannot(EISDIR);
+    }
+    std::string text;
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ::read(fd, buf, sizeof(buf));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            int err = errno;
+            ::close(fd);
+            throw cannot(err);
+        }
+        if (n == 0) break;
+        text.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fd);
+    return load_string(text, path);
 }
 
 }  // namespace spliced::config
