@@ -1,0 +1,965 @@
+// Black-box tests of spliced on one data path: one shared daemon, one route per scenario, real sockets.
+#include <catch2/catch.hpp>
+
+#include "harness.hpp"
+#include "suite.hpp"
+
+#include <arpa/inet.h>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <netinet/in.h>
+#include <poll.h>
+#include <set>
+#include <sstream>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace it {
+
+namespace {
+
+constexpr std::size_t KiB = 1024;
+constexpr std::size_t MiB = 1024 * KiB;
+
+const std::string& datapath() { return settings().datapath; }
+
+// ---------------------------------------------------------------------------------------------------------
+// The shared daemon and its backends: one route per scenario, so each case reads its own route's metrics.
+
+struct route_def {
+    std::string name;
+    std::vector<std::string> backends;
+    std::string connect_timeout = "2s";
+    std::string idle_timeout = "1h";
+};
+
+struct proxy_fixture {
+    temp_dir dir;
+    backend_server echo{backend_kind::echo};
+    backend_server sink{backend_kind::sink};
+    backend_server source{backend_kind::source};
+    backend_server banner{backend_kind::banner};
+    backend_server reset{backend_kind::reset};
+    held_listener early;            // client speaks before the upstream is connected
+    held_listener early_halfclose;  // ... and half-closes too
+    held_listener blackhole;        // never released
+    std::set<std::uint16_t> taken;  // free_port() may hand out a port twice: draw until it is new
+    std::uint16_t fresh_port(int family) {
+        for (;;)
+            if (auto p = free_port(family); taken.insert(p).second) return p;
+    }
+    std::string refused_backend = "127.0.0.1:" + std::to_string(fresh_port(AF_INET));  // nothing listens here
+    std::uint16_t metrics_port = fresh_port(AF_INET);
+    std::uint16_t echo_v6_port = fresh_port(AF_INET6);
+    std::map<std::string, std::uint16_t> port;  // route name -> its 127.0.0.1 listen port
+    std::vector<route_def> routes;
+    std::unique_ptr<daemon_process> daemon;
+
+    proxy_fixture() {
+        routes = {
+            {"echo", {echo.address()}},
+            {"sink", {sink.address()}},
+            {"source", {source.address()}},
+            {"early", {early.address()}, "5s"},
+            {"early_halfclose", {early_halfclose.address()}, "5s"},
+            {"banner", {banner.address()}},
+            {"concurrent", {echo.address()}},
+            {"refused", {refused_backend}, "1s"},
+            {"blackhole", {blackhole.address()}, "1s"},
+            {"failover", {refused_backend, echo.address()}},
+            {"reset", {reset.address()}},
+            {"idle", {echo.address()}, "2s", "1s"},
+        };
+        for (auto& r : routes) port[r.name] = fresh_port(AF_INET);
+        write_file(dir.file("spliced.yaml"), config_text());
+        daemon = std::make_unique<daemon_process>(settings().binary, dir.file("spliced.yaml"), dir.file("spliced.log"),
+                                                  dir.file("notify.sock"));
+        std::cout << "spliced started: pid " << daemon->pid() << ", config " << dir.file("spliced.yaml") << ", log "
+                  << dir.file("spliced.log") << std::endl;
+    }
+
+    std::string config_text() const {
+        const char* level = std::getenv("SPLICED_TEST_LOG_LEVEL");
+        std::ostringstream y;
+        y << "datapath: " << datapath() << "\n"
+          << "workers: 2\n"
+          << "drain_timeout: 5s\n"
+          << "metrics:\n"
+          << "  listen: 127.0.0.1:" << metrics_port << "\n"
+          << "log:\n"
+          << "  level: " << (level ? level : "info") << "\n"
+          << "  access_log: stdout\n"
+          << "routes:\n";
+        for (auto& r : routes) {
+            y << "  - name: " << r.name << "\n"
+              << "    listen: [\"127.0.0.1:" << port.at(r.name) << "\"";
+            if (r.name == "echo") y << ", \"[::1]:" << echo_v6_port << "\"";
+            y << "]\n"
+              << "    timeouts: { connect: " << r.connect_timeout << ", idle: " << r.idle_timeout << " }\n"
+              << "    backends:\n";
+            for (auto& b : r.backends) y << "      - address: " << b << "\n";
+        }
+        return y.str();
+    }
+
+    metrics_snapshot metrics() const { return scrape("127.0.0.1", metrics_port); }
+    unique_fd connect(const std::string& route, std::chrono::milliseconds io_timeout = 30s) const {
+        return connect_tcp("127.0.0.1", port.at(route), io_timeout);
+    }
+};
+
+std::unique_ptr<proxy_fixture> the_fixture;
+std::string fixture_error;  // why the shared daemon could not be started; later cases fail fast with it
+
+[[noreturn]] void skip_run(const std::string& why) {
+    std::cout << "\n**********************************************************************\n"
+              << "SKIPPED: " << why << "\n"
+              << "**********************************************************************\n"
+              << std::endl;
+    the_fixture.reset();
+    std::exit(77);
+}
+
+// On sockmap, the daemon must hold both maps, and we must be allowed to read them.
+std::string check_maps_visible(pid_t pid) {
+    for (const char* name : {"sockhash", "peers"}) {
+        auto census = count_map_entries(pid, name);
+        if (census.error == EPERM || census.error == EACCES)
+            skip_run("sockmap tests need root (CAP_BPF+CAP_NET_ADMIN) to read the daemon's BPF maps (" +
+                     census.what + ": " + std::strerror(census.error) + ")");
+        if (census.error) return census.what + ": " + std::strerror(census.error);
+        if (census.maps == 0)
+            return std::string("spliced holds no BPF map named '") + name +
+                   "': it is not running the sockmap data path although the config says datapath: sockmap";
+    }
+    return "";
+}
+
+// The shared daemon, started on first use; fails the calling case if it cannot start or has died.
+proxy_fixture& proxy() {
+    if (!fixture_error.empty()) FAIL(fixture_error);
+    if (!the_fixture) {
+        // free_port() only says a port was free a moment ago: if another process took one meanwhile, the
+        // daemon cannot bind it; try again with fresh ports.
+        for (int attempt = 1; !the_fixture; ++attempt) {
+            try {
+                the_fixture = std::make_unique<proxy_fixture>();
+                if (datapath() == "sockmap") {
+                    if (auto e = check_maps_visible(the_fixture->daemon->pid()); !e.empty())
+                        throw std::runtime_error(e + "\nlog:\n" + the_fixture->daemon->log_tail());
+                }
+            } catch (const std::exception& e) {
+                the_fixture.reset();
+                std::string why = e.what();
+                if (attempt < 3 && why.find("in use") != std::string::npos) {
+                    std::cout << "spliced could not bind a port (taken meanwhile?); retrying with fresh ports"
+                              << std::endl;
+                    continue;
+                }
+                fixture_error = "cannot start the shared spliced: " + why;
+                FAIL(fixture_error);
+            }
+        }
+    }
+    if (!the_fixture->daemon->running())
+        FAIL("spliced is no longer running (" << the_fixture->daemon->exit_description() << "); log:\n"
+                                              << the_fixture->daemon->log_tail());
+    return *the_fixture;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Metrics helpers
+
+struct path_counts {
+    double sockmap = 0, splice = 0, copy = 0;
+    double total() const { return sockmap + splice + copy; }
+    double on(const std::string& path) const {
+        return path == "sockmap" ? sockmap : path == "splice" ? splice : path == "copy" ? copy : -1;
+    }
+};
+
+path_counts connections_of(const metrics_snapshot& m, const std::string& route) {
+    auto count = [&](const char* path) {
+        return m.sum("spliced_connections_total", {{"route", route}, {"datapath", path}});
+    };
+    return {count("sockmap"), count("splice"), count("copy")};
+}
+
+std::string describe(const path_counts& before, const path_counts& after) {
+    std::ostringstream s;
+    s << "sockmap +" << after.sockmap - before.sockmap << ", splice +" << after.splice - before.splice << ", copy +"
+      << after.copy - before.copy;
+    return s.str();
+}
+
+// Waits (bounded) until `route` has handed off `n` more connections than `before`, on any path.
+bool wait_handed_off(const std::string& route, const path_counts& before, double n, path_counts* now_out = nullptr) {
+    path_counts now;
+    bool ok = run_until(
+        [&] {
+            now = connections_of(proxy().metrics(), route);
+            return now.total() - before.total() >= n;
+        },
+        10s, 20ms);
+    if (now_out) *now_out = now;
+    return ok;
+}
+
+// Requires that `route` handed off exactly `n` connections since `before`, all on the data path under test.
+void require_handed_off(const std::string& route, const path_counts& before, double n) {
+    path_counts now;
+    bool reached = wait_handed_off(route, before, n, &now);
+    INFO("route " << route << ": connections_total since the case began: " << describe(before, now) << "; expected +"
+                  << n << " on " << datapath());
+    REQUIRE(reached);
+    CHECK(now.total() - before.total() == n);
+    CHECK(now.on(datapath()) - before.on(datapath()) == n);
+}
+
+// For echo_check: allows the half-close once `route` has handed off `n` more connections than `before`. A client
+// that half-closes before its pair is handed off legitimately leaves the sockmap path (its own case below), so
+// cases that assert the path half-close only after the hand-off. Scrapes at most every 10 ms; one gate per thread.
+std::function<bool()> handed_off_gate(const std::string& route, const path_counts& before, double n) {
+    struct state {
+        bool open = false;
+        clock::time_point last{};
+    };
+    auto st = std::make_shared<state>();
+    const std::uint16_t metrics_port = the_fixture->metrics_port;  // callers got proxy() first
+    return [=] {
+        if (st->open || clock::now() - st->last < 10ms) return st->open;
+        st->last = clock::now();
+        try {
+            st->open = connections_of(scrape("127.0.0.1", metrics_port), route).total() - before.total() >= n;
+        } catch (const std::exception&) {
+        }
+        return st->open;
+    };
+}
+
+double connect_errors(const metrics_snapshot& m, const std::string& route, const std::string& reason) {
+    return m.sum("spliced_upstream_connect_errors_total", {{"route", route}, {"reason", reason}});
+}
+
+// The current case's name and data path, on stdout and in every failure message of the case.
+#define ANNOUNCE_DATAPATH()                                                                                    \
+    INFO("data path under test: " << datapath());                                                              \
+    std::cout << "[" << datapath() << "] " << Catch::getResultCapture().getCurrentTestName() << std::endl
+
+void send_payload(int fd, const payload& p, std::size_t len) {
+    std::vector<std::uint8_t> chunk(std::min<std::size_t>(len, MiB));
+    for (std::size_t off = 0; off < len;) {
+        std::size_t n = std::min(chunk.size(), len - off);
+        p.fill(off, chunk.data(), n);
+        INFO("sending bytes " << off << ".." << off + n << " of " << len);
+        REQUIRE(send_all(fd, chunk.data(), n));
+        off += n;
+    }
+}
+
+// A quick proof that the daemon still proxies: one echo round trip on the echo route.
+void require_echo_route_works(std::uint64_t seed) {
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "echo");
+    auto fd = px.connect("echo");
+    REQUIRE(echo_check(fd.get(), payload(seed), 64 * KiB, clock::now() + 10s, true,
+                       handed_off_gate("echo", before, 1)) == "");
+    require_handed_off("echo", before, 1);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+// The harness itself
+
+TEST_CASE("sha256 matches the FIPS 180-2 test vectors, whole and fed byte by byte", "[harness]") {
+    CHECK(hex(sha256::of("abc")) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    CHECK(hex(sha256::of("")) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+    const std::string two_blocks = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq";
+    CHECK(hex(sha256::of(two_blocks)) == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1");
+    sha256 bytewise;
+    for (char c : two_blocks) bytewise.update(&c, 1);
+    CHECK(hex(bytewise.finish()) == hex(sha256::of(two_blocks)));
+    std::string million(1000000, 'a');
+    CHECK(hex(sha256::of(million)) == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0");
+}
+
+TEST_CASE("a payload stream is the same bytes however it is cut", "[harness]") {
+    payload p(42);
+    auto whole = p.bytes(0, 1000);
+    std::vector<std::uint8_t> pieces;
+    for (std::size_t off = 0; off < 1000; off += 7) {
+        auto part = p.bytes(off, std::min<std::size_t>(7, 1000 - off));
+        pieces.insert(pieces.end(), part.begin(), part.end());
+    }
+    CHECK(pieces == whole);
+    CHECK(hex(p.sha(1000)) == hex(sha256::of(whole.data(), whole.size())));
+    CHECK(payload(43).bytes(0, 1000) != whole);
+}
+
+TEST_CASE("the metrics parser reads label sets in any order, with escapes, and sums over unnamed labels",
+          "[harness]") {
+    auto m = metrics_snapshot::parse(
+        "# HELP spliced_connections_total Proxied connections\n"
+        "# TYPE spliced_connections_total counter\n"
+        "spliced_connections_total{datapath=\"sockmap\",route=\"echo\"} 3\n"
+        "spliced_connections_total{route=\"echo\",datapath=\"splice\"} 2 1700000000000\n"
+        "spliced_connections_total{route=\"other\",datapath=\"sockmap\"} 5\n"
+        "spliced_upstream_connect_errors_total{backend=\"127.0.0.1:9\",reason=\"refused\",route=\"x\\\"y\"} 1\n"
+        "spliced_sockmap_peer_miss_total 0\n"
+        "spliced_upstream_connect_seconds_bucket{le=\"+Inf\"} 7\n");
+    CHECK(m.sum("spliced_connections_total", {{"route", "echo"}, {"datapath", "sockmap"}}) == 3);
+    CHECK(m.sum("spliced_connections_total", {{"route", "echo"}}) == 5);
+    CHECK(m.sum("spliced_connections_total") == 10);
+    CHECK(m.sum("spliced_upstream_connect_errors_total", {{"route", "x\"y"}, {"reason", "refused"}}) == 1);
+    CHECK(m.has("spliced_sockmap_peer_miss_total"));
+    CHECK_FALSE(m.has("spliced_connections_active"));
+    CHECK(m.sum("spliced_upstream_connect_seconds_bucket", {{"le", "+Inf"}}) == 7);
+    CHECK_THROWS(metrics_snapshot::parse("broken{route=\"x} 1\n"));
+}
+
+// Backends and listeners checked directly, without the proxy (hidden: run with "[.harness_backends]").
+TEST_CASE("the in-process backends behave as the proxy cases assume", "[.harness_backends]") {
+    SECTION("echo echoes and half-closes") {
+        backend_server b(backend_kind::echo);
+        auto fd = connect_tcp("127.0.0.1", b.port());
+        CHECK(echo_check(fd.get(), payload(1), 3 * MiB + 5, clock::now() + 10s, true) == "");
+    }
+    SECTION("sink replies the digest after the client's half-close") {
+        backend_server b(backend_kind::sink);
+        auto fd = connect_tcp("127.0.0.1", b.port());
+        payload p(2);
+        send_payload(fd.get(), p, 5 * MiB + 3);
+        shutdown(fd.get(), SHUT_WR);
+        digest d{};
+        REQUIRE(recv_exact(fd.get(), d.data(), d.size()) == 32);
+        CHECK(hex(d) == hex(p.sha(5 * MiB + 3)));
+        CHECK(wait_closed(fd.get(), 5s) == end_kind::eof);
+    }
+    SECTION("source sends N bytes, half-closes, and checks the digest sent back") {
+        backend_server b(backend_kind::source);
+        for (std::uint64_t n : {std::uint64_t(0), std::uint64_t(1), std::uint64_t(MiB + 1)}) {
+            auto fd = connect_tcp("127.0.0.1", b.port());
+            std::uint8_t be[8];
+            for (int i = 0; i < 8; ++i) be[i] = std::uint8_t(n >> (56 - 8 * i));
+            REQUIRE(send_all(fd.get(), be, 8));
+            sha256 h;
+            std::uint64_t got = 0;
+            char buf[65536];
+            for (;;) {
+                ssize_t k = recv(fd.get(), buf, sizeof buf, 0);
+                REQUIRE(k >= 0);
+                if (k == 0) break;
+                h.update(buf, static_cast<std::size_t>(k));
+                got += static_cast<std::uint64_t>(k);
+            }
+            CHECK(got == n);
+            auto d = h.finish();
+            CHECK(hex(d) == hex(source_payload(n).sha(n)));
+            auto matched = b.source_matched();
+            REQUIRE(send_all(fd.get(), d.data(), d.size()));
+            shutdown(fd.get(), SHUT_WR);
+            CHECK(run_until([&] { return b.source_matched() == matched + 1; }, 5s));
+        }
+        CHECK(b.source_mismatched() == 0);
+    }
+    SECTION("banner speaks first, then echoes") {
+        backend_server b(backend_kind::banner);
+        auto fd = connect_tcp("127.0.0.1", b.port());
+        std::string got(banner_text.size(), '\0');
+        REQUIRE(recv_exact(fd.get(), got.data(), got.size()) == static_cast<long>(got.size()));
+        CHECK(got == banner_text);
+        CHECK(echo_check(fd.get(), payload(3), 1000, clock::now() + 5s, true) == "");
+    }
+    SECTION("reset sends RST after 64 KiB") {
+        backend_server b(backend_kind::reset);
+        auto fd = connect_tcp("127.0.0.1", b.port());
+        std::vector<std::uint8_t> data = payload(4).bytes(0, MiB);
+        send_all(fd.get(), data.data(), data.size());  // may fail with ECONNRESET: that is the point
+        auto end = wait_closed(fd.get(), 5s);
+        CHECK((end == end_kind::reset || end == end_kind::eof));
+    }
+    SECTION("a held listener drops SYNs until released, then echoes; hold() drops them again") {
+        held_listener h;
+        for (int round = 0; round < 2; ++round) {
+            INFO("round " << round);
+            unique_fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+            sockaddr_in sin{};
+            sin.sin_family = AF_INET;
+            sin.sin_port = htons(h.port());
+            inet_pton(AF_INET, "127.0.0.1", &sin.sin_addr);
+            auto t0 = clock::now();
+            REQUIRE(connect(fd.get(), reinterpret_cast<sockaddr*>(&sin), sizeof sin) != 0);
+            REQUIRE(errno == EINPROGRESS);
+            pollfd p{fd.get(), POLLOUT, 0};
+            CHECK(poll(&p, 1, 300) == 0);  // still connecting: the SYN was dropped
+            h.release();
+            CHECK(poll(&p, 1, 5000) == 1);
+            int err = -1;
+            socklen_t len = sizeof err;
+            getsockopt(fd.get(), SOL_SOCKET, SO_ERROR, &err, &len);
+            CHECK(err == 0);
+            double took = seconds_since(t0);
+            std::cout << "held listener: connected " << took << " s after the first SYN" << std::endl;
+            CHECK(took > 0.5);
+            set_nonblocking(fd.get(), false);
+            set_io_timeout(fd.get(), 5s);
+            CHECK(echo_check(fd.get(), payload(5), 10000, clock::now() + 5s, true) == "");
+            CHECK(h.accepted() == std::uint64_t(round + 1));
+            h.hold();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The proxy, on the data path under test (declaration order is run order; the last case checks the end state)
+
+TEST_CASE("client-to-backend transfers of 0 B, 1 B, 64 KiB and 64 MiB arrive sha256-intact, and after the "
+          "client's half-close the backend's reply still comes back",
+          "[proxy][transfer]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "sink");
+    int made = 0;
+    for (std::size_t size : {std::size_t(0), std::size_t(1), 64 * KiB, 64 * MiB}) {
+        INFO("payload of " << size << " bytes");
+        payload p(1000 + size);
+        auto start = clock::now();
+        auto fd = px.connect("sink");
+        ++made;
+        send_payload(fd.get(), p, size);
+        // Half-close only once the pair is handed off: a client that half-closes before its upstream is
+        // connected legitimately leaves the sockmap path (its own case below), and this case asserts the path.
+        REQUIRE(wait_handed_off("sink", before, made));
+        REQUIRE(shutdown(fd.get(), SHUT_WR) == 0);
+        digest reply{};
+        REQUIRE(recv_exact(fd.get(), reply.data(), reply.size()) == 32);
+        CHECK(hex(reply) == hex(p.sha(size)));
+        CHECK(to_string(wait_closed(fd.get(), 10s)) == std::string("EOF"));
+        std::cout << "  " << size << " B client->backend intact in " << seconds_since(start) << " s" << std::endl;
+    }
+    require_handed_off("sink", before, made);
+}
+
+TEST_CASE("backend-to-client transfers of 0 B, 1 B, 64 KiB and 64 MiB arrive sha256-intact, and after the "
+          "backend's half-close the client's reply still reaches it",
+          "[proxy][transfer]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "source");
+    int made = 0;
+    for (std::uint64_t size : {std::uint64_t(0), std::uint64_t(1), std::uint64_t(64 * KiB), std::uint64_t(64 * MiB)}) {
+        INFO("payload of " << size << " bytes");
+        auto start = clock::now();
+        auto matched = px.source.source_matched();
+        auto mismatched = px.source.source_mismatched();
+        auto fd = px.connect("source");
+        ++made;
+        // The request goes out after the hand-off: the backend answers and half-closes at once, and an upstream
+        // that half-closed before the pair was handed off legitimately leaves the sockmap path.
+        REQUIRE(wait_handed_off("source", before, made));
+        std::uint8_t be[8];
+        for (int i = 0; i < 8; ++i) be[i] = static_cast<std::uint8_t>(size >> (56 - 8 * i));
+        REQUIRE(send_all(fd.get(), be, sizeof be));
+        sha256 h;
+        std::uint64_t got = 0;
+        std::vector<char> buf(256 * KiB);
+        for (;;) {
+            ssize_t n = recv(fd.get(), buf.data(), buf.size(), 0);
+            INFO("after " << got << " bytes: " << (n < 0 ? std::strerror(errno) : "ok"));
+            REQUIRE(n >= 0);
+            if (n == 0) break;
+            h.update(buf.data(), static_cast<std::size_t>(n));
+            got += static_cast<std::uint64_t>(n);
+            REQUIRE(got <= size);
+        }
+        REQUIRE(got == size);
+        auto d = h.finish();
+        CHECK(hex(d) == hex(source_payload(size).sha(size)));
+        // The backend has half-closed; the client now talks back and half-closes in turn.
+        REQUIRE(send_all(fd.get(), d.data(), d.size()));
+        REQUIRE(shutdown(fd.get(), SHUT_WR) == 0);
+        CHECK(run_until([&] { return px.source.source_matched() == matched + 1; }, 10s));
+        CHECK(px.source.source_mismatched() == mismatched);
+        std::cout << "  " << size << " B backend->client intact in " << seconds_since(start) << " s" << std::endl;
+    }
+    require_handed_off("source", before, made);
+}
+
+TEST_CASE("a client that sends and then waits before its upstream is connected gets its bytes echoed without a "
+          "stall",
+          "[proxy][early]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "early");
+    constexpr int reps = 3;
+    for (int rep = 0; rep < reps; ++rep) {
+        INFO("repetition " << rep);
+        px.early.hold();
+        auto accepted = px.early.accepted();
+        auto fd = px.connect("early", 10s);
+        payload p(3000 + rep);
+        auto msg = p.bytes(0, 4 * KiB);
+        REQUIRE(send_all(fd.get(), msg.data(), msg.size()));
+        auto sent_at = clock::now();
+        std::this_thread::sleep_for(300ms);  // the scenario: the upstream connect is held this long
+        CHECK(px.early.accepted() == accepted);
+        px.early.release();
+        std::vector<std::uint8_t> back(msg.size());
+        REQUIRE(recv_exact(fd.get(), back.data(), back.size()) == static_cast<long>(back.size()));
+        CHECK(back == msg);
+        double took = seconds_since(sent_at);
+        std::cout << "  echo of bytes sent before the upstream connect came back after " << took << " s"
+                  << std::endl;
+        CHECK(took < 5.0);
+        // And the pair keeps working once established.
+        CHECK(echo_check(fd.get(), payload(3100 + rep), 256 * KiB, clock::now() + 10s, true,
+                         handed_off_gate("early", before, rep + 1)) == "");
+    }
+    require_handed_off("early", before, reps);
+}
+
+TEST_CASE("a client that sends and half-closes before its upstream is connected still gets the full echo and EOF",
+          "[proxy][early]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "early_halfclose");
+    constexpr int reps = 3;
+    for (int rep = 0; rep < reps; ++rep) {
+        INFO("repetition " << rep);
+        px.early_halfclose.hold();
+        auto fd = px.connect("early_halfclose", 10s);
+        payload p(4000 + rep);
+        auto msg = p.bytes(0, 4 * KiB);
+        REQUIRE(send_all(fd.get(), msg.data(), msg.size()));
+        REQUIRE(shutdown(fd.get(), SHUT_WR) == 0);
+        std::this_thread::sleep_for(300ms);  // the scenario: the upstream connect is held this long
+        px.early_halfclose.release();
+        std::vector<std::uint8_t> back(msg.size());
+        REQUIRE(recv_exact(fd.get(), back.data(), back.size()) == static_cast<long>(back.size()));
+        CHECK(back == msg);
+        CHECK(to_string(wait_closed(fd.get(), 10s)) == std::string("EOF"));
+    }
+    path_counts now;
+    REQUIRE(wait_handed_off("early_halfclose", before, reps, &now));
+    INFO("route early_halfclose: " << describe(before, now));
+    std::cout << "  ran on: " << describe(before, now) << std::endl;
+    CHECK(now.total() - before.total() == reps);
+    if (datapath() == "sockmap") {
+        // A half-closed (CLOSE_WAIT) client socket cannot enter the sockmap: falling back to splice is legitimate.
+        CHECK(now.sockmap + now.splice - before.sockmap - before.splice == reps);
+    } else {
+        CHECK(now.on(datapath()) - before.on(datapath()) == reps);
+    }
+}
+
+TEST_CASE("a server-first banner reaches a client that has sent nothing, on 200 connections in a row",
+          "[proxy][banner]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "banner");
+    constexpr int n = 200;
+    auto start = clock::now();
+    for (int i = 0; i < n; ++i) {
+        INFO("connection " << i + 1 << " of " << n);
+        auto fd = px.connect("banner", 5s);
+        std::string got(banner_text.size(), '\0');
+        long r = recv_exact(fd.get(), got.data(), got.size());
+        INFO("recv: " << r << (r < 0 ? std::string(" ") + std::strerror(errno) : std::string()));
+        REQUIRE(r == static_cast<long>(got.size()));
+        REQUIRE(got == banner_text);
+        REQUIRE(echo_check(fd.get(), payload(5000 + i), 1 * KiB, clock::now() + 5s, true,
+                           handed_off_gate("banner", before, i + 1)) == "");
+    }
+    std::cout << "  " << n << " banners intact in " << seconds_since(start) << " s" << std::endl;
+    require_handed_off("banner", before, n);
+}
+
+TEST_CASE("500 concurrent connections each echo 256 KiB of their own random bytes intact", "[proxy][concurrent]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "concurrent");
+    constexpr int n = 500;
+    constexpr std::size_t len = 256 * KiB;
+    const auto start = clock::now();
+    const auto deadline = start + 120s;
+    std::vector<std::string> errors(n);
+    std::vector<std::thread> threads;
+    threads.reserve(n);
+    const std::uint16_t port = px.port.at("concurrent");
+    // Clients half-close only once every pair is handed off (see handed_off_gate).
+    std::atomic<bool> all_handed_off{false}, stop_watching{false};
+    std::thread watcher([&, gate = handed_off_gate("concurrent", before, n)] {
+        while (!stop_watching && !gate()) std::this_thread::sleep_for(10ms);
+        all_handed_off = gate();
+    });
+    for (int i = 0; i < n; ++i) {
+        threads.emplace_back([&errors, &all_handed_off, deadline, port, i] {
+            try {
+                auto fd = connect_tcp("127.0.0.1", port, 60s);
+                errors[i] = echo_check(fd.get(), payload(60000 + i), len, deadline, true,
+                                       [&] { return all_handed_off.load(); });
+            } catch (const std::exception& e) {
+                errors[i] = e.what();
+            }
+        });
+    }
+    for (auto& t : threads) t.join();
+    stop_watching = true;
+    watcher.join();
+    double took = seconds_since(start);
+    int failed = 0;
+    std::string first;
+    for (int i = 0; i < n; ++i) {
+        if (errors[i].empty()) continue;
+        if (++failed <= 5) first += "  connection " + std::to_string(i) + ": " + errors[i] + "\n";
+    }
+    std::cout << "  " << n - failed << " of " << n << " connections intact in " << took << " s" << std::endl;
+    INFO("failures (first 5):\n" << first);
+    REQUIRE(failed == 0);
+    CHECK(took < 120.0);
+    require_handed_off("concurrent", before, n);
+}
+
+TEST_CASE("a client whose only backend refuses connections is closed within the connect timeout and the refusal "
+          "is counted",
+          "[proxy][errors]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto m0 = px.metrics();
+    auto before = connections_of(m0, "refused");
+    auto refused0 = connect_errors(m0, "refused", "refused");
+    auto fd = px.connect("refused", 10s);
+    auto t0 = clock::now();
+    send_all(fd.get(), "hello", 5);  // may already fail: the daemon is allowed to close fast
+    auto end = wait_closed(fd.get(), 6s);
+    double took = seconds_since(t0);
+    std::cout << "  client saw " << to_string(end) << " after " << took << " s" << std::endl;
+    CHECK((end == end_kind::eof || end == end_kind::reset));
+    CHECK(took < 3.0);
+    double refused = 0;
+    CHECK(run_until(
+        [&] {
+            refused = connect_errors(px.metrics(), "refused", "refused");
+            return refused >= refused0 + 1;
+        },
+        5s));
+    CHECK(refused == refused0 + 1);
+    CHECK(connections_of(px.metrics(), "refused").total() == before.total());
+    require_echo_route_works(7001);
+}
+
+TEST_CASE("a client whose only backend is black-holed is closed at the 1 s connect timeout, not before, and the "
+          "timeout is counted",
+          "[proxy][errors]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto m0 = px.metrics();
+    auto before = connections_of(m0, "blackhole");
+    auto timeouts0 = connect_errors(m0, "blackhole", "timeout");
+    auto fd = px.connect("blackhole", 10s);
+    auto t0 = clock::now();
+    auto end = wait_closed(fd.get(), 6s);
+    double took = seconds_since(t0);
+    std::cout << "  client saw " << to_string(end) << " after " << took << " s" << std::endl;
+    CHECK((end == end_kind::eof || end == end_kind::reset));
+    CHECK(took >= 0.8);
+    CHECK(took <= 3.0);
+    double timeouts = 0;
+    CHECK(run_until(
+        [&] {
+            timeouts = connect_errors(px.metrics(), "blackhole", "timeout");
+            return timeouts >= timeouts0 + 1;
+        },
+        5s));
+    CHECK(timeouts == timeouts0 + 1);
+    CHECK(px.blackhole.accepted() == 0);
+    CHECK(connections_of(px.metrics(), "blackhole").total() == before.total());
+    require_echo_route_works(8001);
+}
+
+TEST_CASE("with one refusing and one working backend, every connection succeeds through the working one",
+          "[proxy][errors]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto m0 = px.metrics();
+    auto before = connections_of(m0, "failover");
+    auto refused0 = connect_errors(m0, "failover", "refused");
+    constexpr int n = 6;
+    for (int i = 0; i < n; ++i) {
+        INFO("connection " << i + 1 << " of " << n);
+        auto fd = px.connect("failover", 10s);
+        REQUIRE(echo_check(fd.get(), payload(9000 + i), 16 * KiB, clock::now() + 10s, true,
+                           handed_off_gate("failover", before, i + 1)) == "");
+    }
+    require_handed_off("failover", before, n);
+    double refused = connect_errors(px.metrics(), "failover", "refused") - refused0;
+    std::cout << "  " << n << " connections succeeded; refused connect attempts on the way: " << refused << std::endl;
+    CHECK(refused >= 1);  // round robin tried the refusing backend at least once and moved on
+    CHECK(refused <= n);
+}
+
+TEST_CASE("a backend reset mid-stream ends the client's connection within 5 s while another route's transfer "
+          "continues intact",
+          "[proxy][errors]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto m0 = px.metrics();
+    auto reset_before = connections_of(m0, "reset");
+    auto echo_before = connections_of(m0, "echo");
+
+    std::string echo_result = "echo connection did not run";
+    std::atomic<bool> echo_done{false};
+    const std::uint16_t echo_port = px.port.at("echo");
+    std::thread echo_thread([&, gate = handed_off_gate("echo", echo_before, 1)] {
+        try {
+            auto fd = connect_tcp("127.0.0.1", echo_port, 30s);
+            echo_result = echo_check(fd.get(), payload(10001), 64 * MiB, clock::now() + 60s, true, gate);
+        } catch (const std::exception& e) {
+            echo_result = e.what();
+        }
+        echo_done = true;
+    });
+    struct joiner {
+        std::thread& t;
+        ~joiner() {
+            if (t.joinable()) t.join();
+        }
+    } join_echo{echo_thread};
+    wait_handed_off("echo", echo_before, 1);  // the echo pair is up before the reset happens
+
+    auto fd = px.connect("reset", 10s);
+    // Send once the pair is handed off: a backend that resets before that never reaches the data path.
+    REQUIRE(wait_handed_off("reset", reset_before, 1));
+    set_nonblocking(fd.get(), true);
+    constexpr std::size_t len = MiB;
+    const auto data = payload(10002).bytes(0, len);
+    std::size_t sent = 0;
+    std::string how;
+    const auto t0 = clock::now();
+    const auto deadline = t0 + 5s;
+    while (how.empty() && clock::now() < deadline) {
+        pollfd p{fd.get(), POLLIN, 0};
+        if (sent < len) p.events |= POLLOUT;
+        int left = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count());
+        if (poll(&p, 1, std::max(left, 0)) <= 0) continue;
+        if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+            char buf[4096];
+            ssize_t n = recv(fd.get(), buf, sizeof buf, 0);
+            if (n == 0) how = "EOF";
+            else if (n < 0 && errno == ECONNRESET) how = "ECONNRESET on recv";
+            else if (n < 0 && errno != EAGAIN) how = std::string("recv error ") + std::strerror(errno);
+            else if (n > 0) FAIL("the reset backend never sends, yet " << n << " bytes arrived");
+        }
+        if (how.empty() && (p.revents & POLLOUT) && sent < len) {
+            ssize_t n = send(fd.get(), data.data() + sent, len - sent, MSG_NOSIGNAL);
+            if (n > 0) sent += static_cast<std::size_t>(n);
+            else if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) how = std::string(std::strerror(errno)) + " on send";
+            else if (n < 0 && errno != EAGAIN) how = std::string("send error ") + std::strerror(errno);
+        }
+    }
+    double took = seconds_since(t0);
+    std::cout << "  reset connection ended by " << (how.empty() ? "nothing (still open)" : how) << " after " << took
+              << " s, " << sent << " bytes sent; echo transfer " << (echo_done ? "already done" : "still running")
+              << std::endl;
+    INFO("sent " << sent << " of " << len << " bytes");
+    CHECK_FALSE(how.empty());
+    CHECK(took < 5.0);
+
+    echo_thread.join();
+    CHECK(echo_result == "");
+    require_handed_off("reset", reset_before, 1);
+    require_handed_off("echo", echo_before, 1);
+}
+
+TEST_CASE("with idle: 1s a silent client is closed after about a second, and a client pinging every 300 ms is not",
+          "[proxy][idle]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "idle");
+    {
+        auto fd = px.connect("idle", 10s);
+        auto t0 = clock::now();
+        auto end = wait_closed(fd.get(), 6s, true);
+        double took = seconds_since(t0);
+        std::cout << "  silent client saw " << to_string(end) << " after " << took << " s" << std::endl;
+        CHECK((end == end_kind::eof || end == end_kind::reset));
+        CHECK(took >= 0.8);
+        CHECK(took <= 4.0);
+    }
+    {
+        auto fd = px.connect("idle", 5s);
+        payload p(11000);
+        auto t0 = clock::now();
+        std::uint64_t off = 0;
+        int pings = 0;
+        while (seconds_since(t0) < 2.5) {
+            INFO("ping " << pings + 1 << " at " << seconds_since(t0) << " s");
+            auto ping = p.bytes(off, 16);
+            REQUIRE(send_all(fd.get(), ping.data(), ping.size()));
+            std::vector<std::uint8_t> pong(ping.size());
+            REQUIRE(recv_exact(fd.get(), pong.data(), pong.size()) == static_cast<long>(pong.size()));
+            REQUIRE(pong == ping);
+            off += ping.size();
+            ++pings;
+            std::this_thread::sleep_for(300ms);  // the scenario's pace
+        }
+        pollfd pfd{fd.get(), POLLIN | POLLRDHUP, 0};
+        INFO("after " << pings << " pings over " << seconds_since(t0) << " s");
+        CHECK(poll(&pfd, 1, 0) == 0);  // nothing pending: no EOF, no reset
+        std::cout << "  pinging client still open after " << pings << " pings over " << seconds_since(t0) << " s"
+                  << std::endl;
+    }
+    require_handed_off("idle", before, 2);
+}
+
+TEST_CASE("the echo route's [::1] listener proxies 1 MiB intact over IPv6", "[proxy][ipv6]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "echo");
+    auto fd = connect_tcp("::1", px.echo_v6_port, 10s);
+    CHECK(echo_check(fd.get(), payload(12000), MiB, clock::now() + 20s, true, handed_off_gate("echo", before, 1)) ==
+          "");
+    require_handed_off("echo", before, 1);
+}
+
+// Not part of the suite (hidden): repeats the echo-with-half-close pattern to reproduce rare stalls. Run with
+// "[.stress]"; SPLICED_TEST_STRESS_N (default 200) connections of SPLICED_TEST_STRESS_KIB (default 1024) KiB,
+// SPLICED_TEST_STRESS_PARALLEL (default 1) at a time; SPLICED_TEST_STRESS_HALFCLOSE=0 closes without half-close.
+TEST_CASE("many echo connections with half-close all come back intact", "[.stress]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto env = [](const char* name, long fallback) {
+        const char* v = std::getenv(name);
+        return v ? std::atol(v) : fallback;
+    };
+    const long n = env("SPLICED_TEST_STRESS_N", 200);
+    const std::size_t len = static_cast<std::size_t>(env("SPLICED_TEST_STRESS_KIB", 1024)) * KiB;
+    const long parallel = env("SPLICED_TEST_STRESS_PARALLEL", 1);
+    const bool half_close = env("SPLICED_TEST_STRESS_HALFCLOSE", 1) != 0;
+    const std::uint16_t port = px.port.at("concurrent");
+    std::vector<std::string> errors(static_cast<std::size_t>(n));
+    std::atomic<long> next{0};
+    const auto echoed_before = px.echo.bytes_received();
+    const auto before = connections_of(px.metrics(), "concurrent");
+    auto start = clock::now();
+    std::vector<std::thread> workers;
+    for (long w = 0; w < parallel; ++w)
+        workers.emplace_back([&] {
+            for (long i; (i = next++) < n;) {
+                try {
+                    auto fd = connect_tcp("127.0.0.1", port, 30s);
+                    // One at a time, the hand-off count says when this pair is handed off; in parallel, it cannot.
+                    std::function<bool()> gate;
+                    if (parallel == 1) gate = handed_off_gate("concurrent", before, static_cast<double>(i + 1));
+                    errors[i] = echo_check(fd.get(), payload(70000 + i), len, clock::now() + 10s, half_close, gate);
+                } catch (const std::exception& e) {
+                    errors[i] = e.what();
+                }
+            }
+        });
+    for (auto& t : workers) t.join();
+    int failed = 0;
+    for (long i = 0; i < n; ++i)
+        if (!errors[i].empty() && ++failed <= 10) std::cout << "  connection " << i << ": " << errors[i] << std::endl;
+    std::cout << "  " << n - failed << " of " << n << " intact in " << seconds_since(start) << " s; the echo backend "
+              << "received " << px.echo.bytes_received() - echoed_before << " of " << n * len << " bytes sent"
+              << std::endl;
+    CHECK(failed == 0);
+}
+
+TEST_CASE("after every case, no route has an active connection and no sockhash or peers entry is left",
+          "[proxy][end]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    std::string busy;
+    bool idle = run_until(
+        [&] {
+            auto m = px.metrics();
+            busy.clear();
+            for (auto& r : px.routes) {
+                double active = m.sum("spliced_connections_active", {{"route", r.name}});
+                if (!m.has("spliced_connections_active", {{"route", r.name}}))
+                    busy += " " + r.name + "(no connections_active sample)";
+                else if (active != 0)
+                    busy += " " + r.name + "=" + std::to_string(active);
+            }
+            return busy.empty();
+        },
+        10s, 50ms);
+    INFO("routes with active connections:" << busy);
+    CHECK(idle);
+    if (datapath() == "sockmap") {
+        map_census sockhash, peers;
+        bool empty = run_until(
+            [&] {
+                sockhash = count_map_entries(px.daemon->pid(), "sockhash");
+                peers = count_map_entries(px.daemon->pid(), "peers");
+                return sockhash.entries == 0 && peers.entries == 0;
+            },
+            10s, 50ms);
+        INFO("sockhash: " << sockhash.maps << " map(s), " << sockhash.entries << " entries; peers: " << peers.maps
+                          << " map(s), " << peers.entries << " entries");
+        CHECK(sockhash.maps >= 1);
+        CHECK(peers.maps >= 1);
+        CHECK(sockhash.error == 0);
+        CHECK(peers.error == 0);
+        CHECK(empty);
+        std::cout << "  sockhash and peers maps are empty" << std::endl;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+std::string daemon_log_tail() { return the_fixture ? the_fixture->daemon->log_tail(40) : std::string(); }
+
+bool finish_suite(bool keep_files) {
+    if (!the_fixture) return true;
+    struct release_fixture {
+        bool keep;
+        bool ok = true;
+        ~release_fixture() {
+            if (keep || !ok) {
+                the_fixture->dir.keep();
+                std::cout << "kept the config and the daemon's log in " << the_fixture->dir.path() << std::endl;
+            }
+            the_fixture.reset();
+        }
+    } release{keep_files};
+    auto& d = *the_fixture->daemon;
+    bool ok = true;
+    if (!d.running()) {
+        std::cerr << "FAILED: spliced died during the run (" << d.exit_description() << "); log:\n" << d.log_tail();
+        return release.ok = false;
+    }
+    if (datapath() == "sockmap") {
+        map_census sockhash, peers;
+        bool empty = run_until(
+            [&] {
+                sockhash = count_map_entries(d.pid(), "sockhash");
+                peers = count_map_entries(d.pid(), "peers");
+                return sockhash.entries == 0 && peers.entries == 0;
+            },
+            10s, 50ms);
+        if (!empty) {
+            std::cerr << "FAILED: entries left in the daemon's BPF maps before stop: sockhash " << sockhash.entries
+                      << ", peers " << peers.entries << "\n";
+            ok = false;
+        }
+    }
+    auto t0 = clock::now();
+    int status = d.stop(20s);
+    std::cout << "spliced stopped on SIGTERM after " << seconds_since(t0) << " s: " << d.exit_description()
+              << std::endl;
+    if (status != 0) {
+        std::cerr << "FAILED: spliced did not exit 0 on SIGTERM (" << (status < 0 ? "killed after 20 s" : d.exit_description())
+                  << "); log:\n"
+                  << d.log_tail();
+        ok = false;
+    }
+    return release.ok = ok;
+}
+
+}  // namespace it
