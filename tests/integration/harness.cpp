@@ -596,14 +596,15 @@ daemon_process::daemon_process(const std::string& binary, const std::string& con
     for (auto& e : envs) envp.push_back(e.data());
     envp.push_back(nullptr);
 
-    unique_fd notify(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    if (!notify) throw_errno("socket(AF_UNIX)");
+    notify_.reset(socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    const int notify = notify_.get();
+    if (notify < 0) throw_errno("socket(AF_UNIX)");
     sockaddr_un sun{};
     sun.sun_family = AF_UNIX;
     if (notify_path.size() >= sizeof sun.sun_path) throw std::runtime_error("notify path too long");
     std::memcpy(sun.sun_path, notify_path.c_str(), notify_path.size() + 1);
     ::unlink(notify_path.c_str());
-    if (bind(notify.get(), reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) throw_errno("bind " + notify_path);
+    if (bind(notify, reinterpret_cast<sockaddr*>(&sun), sizeof sun) != 0) throw_errno("bind " + notify_path);
 
     unique_fd log(::open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
     if (!log) throw_errno("open " + log_path);
@@ -640,17 +641,29 @@ daemon_process::daemon_process(const std::string& binary, const std::string& con
             throw std::runtime_error("spliced sent no READY=1 within " + std::to_string(ready_budget.count()) +
                                      " ms; log " + log_path_ + ":\n" + log_tail());
         }
-        pollfd p{notify.get(), POLLIN, 0};
+        pollfd p{notify, POLLIN, 0};
         if (poll(&p, 1, 100) == 1) {
-            char buf[4096];
-            ssize_t n = recv(notify.get(), buf, sizeof buf - 1, MSG_DONTWAIT);
-            if (n > 0) {
-                std::istringstream lines(std::string(buf, static_cast<std::size_t>(n)));
-                for (std::string line; std::getline(lines, line);)
-                    if (line == "READY=1") return;
-            }
+            read_notifications();
+            if (std::find(notified_.begin(), notified_.end(), "READY=1") != notified_.end()) return;
         }
     }
+}
+
+void daemon_process::read_notifications() {
+    char buf[4096];
+    for (;;) {
+        ssize_t n = recv(notify_.get(), buf, sizeof buf, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        std::istringstream lines(std::string(buf, static_cast<std::size_t>(n)));
+        for (std::string line; std::getline(lines, line);)
+            if (!line.empty()) notified_.push_back(line);
+    }
+}
+
+std::vector<std::string> daemon_process::notifications() {
+    read_notifications();
+    return notified_;
 }
 
 daemon_process::~daemon_process() {

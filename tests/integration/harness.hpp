@@ -249,9 +249,14 @@ public:
     // SIGTERM, then waits up to `budget` for the exit; returns the exit status, 128+signal if a signal ended
     // it, or -1 if it had to be SIGKILLed after the budget.
     int stop(std::chrono::milliseconds budget = 20s);
+    // Every sd_notify line received so far ("READY=1", "STOPPING=1", ...).
+    std::vector<std::string> notifications();
 
 private:
     bool reap(bool block);
+    void read_notifications();
+    unique_fd notify_;  // kept open like systemd's, so later notifications do not fail
+    std::vector<std::string> notified_;
     pid_t pid_ = -1;
     bool exited_ = false;
     int wait_status_ = 0;

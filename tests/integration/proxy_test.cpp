@@ -951,8 +951,10 @@ bool finish_suite(bool keep_files) {
     }
     auto t0 = clock::now();
     int status = d.stop(20s);
+    auto notified = d.notifications();
+    bool stopping = std::find(notified.begin(), notified.end(), "STOPPING=1") != notified.end();
     std::cout << "spliced stopped on SIGTERM after " << seconds_since(t0) << " s: " << d.exit_description()
-              << std::endl;
+              << " (sd_notify STOPPING=1 " << (stopping ? "sent" : "not sent") << ")" << std::endl;
     if (status != 0) {
         std::cerr << "FAILED: spliced did not exit 0 on SIGTERM (" << (status < 0 ? "killed after 20 s" : d.exit_description())
                   << "); log:\n"
