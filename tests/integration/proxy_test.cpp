@@ -4,6 +4,7 @@
 #include "harness.hpp"
 #include "suite.hpp"
 
+#include <algorithm>
 #include <arpa/inet.h>
 #include <cerrno>
 #include <cstdlib>
