@@ -27,6 +27,7 @@ struct pair_state {
     end_reason reason = end_reason::completed;
     bool aborted = false;
     std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a peer miss
+    std::uint64_t stranded_bytes = 0; // sockmap: redirected bytes the peer never took (pair reset)
     // Sockmap: bytes_queued_total() of each socket when the pair entered the map; the client
     // userspace read before that (none yet) would be subtracted here too.
     std::uint64_t client_queued_base = 0;

@@ -19,23 +19,39 @@ namespace {
 net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
     using namespace std::chrono_literals;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    // A slow reader keeps `to`'s send queue full and is bounded by the idle watchdog. No
+    // progress while that queue is empty means the bytes are stranded in the kernel.
+    constexpr auto stranded_after = std::chrono::seconds(3);
     auto pause = std::chrono::microseconds(100);
+    std::uint64_t last_queued = 0;
+    auto last_progress = std::chrono::steady_clock::now();
     for (;;) {
         if (p.aborted) co_return false;
         sys::tcp_stats src, dst;
         std::uint64_t queued = 0;
+        int unsent = 0;
         if (sys::tcp_stats_of(from.native_handle(), src) || sys::tcp_stats_of(to.native_handle(), dst) ||
-            sys::bytes_queued_total(to.native_handle(), queued)) {
+            sys::bytes_queued_total(to.native_handle(), queued) || sys::send_queue_bytes(to.native_handle(), unsent)) {
             p.abort(end_reason::error);
             co_return false;
         }
-        if (queued >= p.queued_base(to) + p.payload_received(from, src.bytes_received)) co_return true;
+        const auto target = p.queued_base(to) + p.payload_received(from, src.bytes_received);
+        if (queued >= target) co_return true;
         if (!dst.can_send()) {
             // The peer is gone (reset): what is still in its backlog can never be delivered.
             p.abort(p.reset_reason(to));
             co_return false;
         }
-        // Bounded by the idle watchdog: a peer that takes nothing for `idle` ends the pair.
+        auto now = std::chrono::steady_clock::now();
+        if (queued != last_queued) {
+            last_queued = queued;
+            last_progress = now;
+        } else if (unsent == 0 && now - last_progress > stranded_after) {
+            // Never end this cleanly: a FIN now would pass a truncated stream off as complete.
+            p.stranded_bytes = target - queued;
+            p.abort(end_reason::error);
+            co_return false;
+        }
         timer.expires_after(pause);
         auto [ec] = co_await timer.async_wait(net::use_tuple);
         if (ec) co_return false;

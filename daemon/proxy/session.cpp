@@ -128,6 +128,9 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     client.close(ignored);
     upstream.close(ignored);
 
+    if (pair.stranded_bytes)
+        spdlog::error("conn {} route {}: {} redirected bytes never reached the peer socket; both sides reset",
+                      id, route->cfg.name, pair.stranded_bytes);
     if (pair.demoted_bytes)
         spdlog::info("conn {} route {}: {} bytes copied by userspace after a sockmap peer miss", id,
                      route->cfg.name, pair.demoted_bytes);
