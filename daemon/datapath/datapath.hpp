@@ -28,8 +28,8 @@ struct pair_state {
     bool aborted = false;
     std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a peer miss
     std::uint64_t stranded_bytes = 0; // sockmap: redirected bytes the peer never took (pair reset)
-    // Sockmap: bytes_queued_total() of each socket when the pair entered the map; the client
-    // userspace read before that (none yet) would be subtracted here too.
+    // Sockmap: bytes_queued_total() of each socket when the pair entered the map, less the
+    // bytes userspace forwarded to it from the other socket before insertion.
     std::uint64_t client_queued_base = 0;
     std::uint64_t upstream_queued_base = 0;
     bool client_eof = false;          // FIN received from the client

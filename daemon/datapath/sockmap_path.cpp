@@ -28,13 +28,13 @@ net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp:
     for (;;) {
         if (p.aborted) co_return false;
         sys::tcp_stats src, dst;
-        std::uint64_t queued = 0;
         int unsent = 0;
         if (sys::tcp_stats_of(from.native_handle(), src) || sys::tcp_stats_of(to.native_handle(), dst) ||
-            sys::bytes_queued_total(to.native_handle(), queued) || sys::send_queue_bytes(to.native_handle(), unsent)) {
+            sys::send_queue_bytes(to.native_handle(), unsent)) {
             p.abort(end_reason::error);
             co_return false;
         }
+        const std::uint64_t queued = dst.bytes_acked + static_cast<std::uint64_t>(unsent);  // bytes_queued_total()
         const auto target = p.queued_base(to) + p.payload_received(from, src.bytes_received);
         if (queued >= target) co_return true;
         if (!dst.can_send()) {
