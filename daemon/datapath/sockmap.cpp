@@ -86,6 +86,13 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
         }
     }
 
+    for (int fd : {client_fd, upstream_fd}) {
+        if (auto ec = sys::set_send_buffer(fd, egress_send_buffer)) {
+            ungate();
+            return fail(ec, "SO_SNDBUF");
+        }
+    }
+
     if (auto ec = sys::bytes_queued_total(client_fd, pair.client_queued_base)) {
         ungate();
         return fail(ec, "SIOCOUTQ");

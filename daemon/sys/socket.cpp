@@ -47,6 +47,18 @@ std::error_code set_nodelay(int fd, bool on) {
     return {};
 }
 
+std::error_code set_send_buffer(int fd, int bytes) {
+    if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) == 0) return {};
+    if (::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes)) != 0) return last_error();
+    return {};
+}
+
+std::error_code send_buffer(int fd, int& out) {
+    socklen_t len = sizeof(out);
+    if (::getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &out, &len) != 0) return last_error();
+    return {};
+}
+
 std::error_code set_linger_reset(int fd) {
     linger l{1, 0};
     if (::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l)) != 0) return last_error();

@@ -23,6 +23,10 @@ std::error_code tcp_stats_of(int fd, tcp_stats& out);
 std::error_code socket_cookie(int fd, std::uint64_t& out);
 std::error_code set_rcvlowat(int fd, int bytes);
 std::error_code set_nodelay(int fd, bool on);
+// Fixes the send buffer at `bytes` (the kernel doubles it for overhead): SO_SNDBUFFORCE, which
+// passes net.core.wmem_max with CAP_NET_ADMIN, else SO_SNDBUF capped by wmem_max.
+std::error_code set_send_buffer(int fd, int bytes);
+std::error_code send_buffer(int fd, int& out);
 // SO_LINGER {1, 0}: the next close() sends RST instead of FIN.
 std::error_code set_linger_reset(int fd);
 // Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).

@@ -134,6 +134,21 @@ TEST_CASE("bytes a client sent before its socket entered the map are delivered (
     engine().remove(ins.pair);
 }
 
+TEST_CASE("both sockets of a pair get a send buffer past the autotuned ceiling (the redirect backlog backs off a jiffy when it is full)") {
+    proxied p;
+    int before = 0;
+    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), before));
+    REQUIRE(before < 2 * datapath::egress_send_buffer);
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    for (int fd : {p.client.inner.get(), p.upstream.outer.get()}) {
+        int size = 0;
+        REQUIRE_FALSE(sys::send_buffer(fd, size));
+        CHECK(size >= 2 * datapath::egress_send_buffer);  // the kernel reports twice the value set
+    }
+    engine().remove(ins.pair);
+}
+
 TEST_CASE("a redirect whose peer is missing fails open: the bytes stay readable and the direction is demoted") {
     proxied p;
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
