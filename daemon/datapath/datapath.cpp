@@ -89,7 +89,7 @@ net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::
             p.abort(p.reset_reason(from));
             co_return false;
         }
-        if (!buffer) buffer = std::make_unique<std::array<char, 64 * 1024>>();
+        if (!buffer) buffer = std::make_unique_for_overwrite<std::array<char, 64 * 1024>>();
         boost::system::error_code ec;
         std::size_t n = from.read_some(net::asio::buffer(*buffer), ec);
         if (ec == net::asio::error::would_block || ec == net::asio::error::try_again) continue;

@@ -77,7 +77,7 @@ net::awaitable<std::uint64_t> forward_queued(net::tcp::socket& from, net::tcp::s
     std::unique_ptr<std::array<char, 64 * 1024>> buffer;
     std::uint64_t total = 0;
     while (total < bound) {
-        if (!buffer) buffer = std::make_unique<std::array<char, 64 * 1024>>();
+        if (!buffer) buffer = std::make_unique_for_overwrite<std::array<char, 64 * 1024>>();
         boost::system::error_code ec;
         std::size_t n = from.read_some(net::asio::buffer(*buffer), ec);
         if (ec || n == 0) break;  // drained (EAGAIN), EOF or error: the data path deals with it
