@@ -108,8 +108,21 @@ void app::impl::choose_datapaths() {
             why = report ? report->summary : "sockmap not probed";
         else
             why = std::string("configured ") + config::to_string(r.datapath);
-        spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);
-        routes.push_back(std::make_shared<proxy::route_runtime>(r, k, metrics.add_route(r)));
+        // auto with sockmap usable: start each connection on splice, move it to sockmap once it
+        // is not a bulk transfer (short and bulk connections do better on splice, the rest on sockmap).
+        const bool promote = r.datapath == config::datapath_kind::auto_select && k == datapath::kind::sockmap &&
+                             datapath::splice_available();
+        if (promote) {
+            k = datapath::kind::splice;
+            spdlog::info("route {}: datapath auto: splice first, then sockmap for connections that are not bulk "
+                         "transfers ({})",
+                         r.name, why);
+        } else {
+            spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);
+        }
+        auto route = std::make_shared<proxy::route_runtime>(r, k, metrics.add_route(r));
+        route->promote_to_sockmap = promote;
+        routes.push_back(std::move(route));
     }
     auto* e = engine.get();
     metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",

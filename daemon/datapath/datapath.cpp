@@ -77,6 +77,12 @@ net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::
     co_await ((std::move(forward) && std::move(backward)) || idle_watchdog(p));
 }
 
+net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward,
+                              net::awaitable<void> beside) {
+    using namespace net;
+    co_await ((std::move(forward) && std::move(backward)) || idle_watchdog(p) || std::move(beside));
+}
+
 net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
                                     std::uint64_t* copied) {
     // Allocated on first data, so a connection that never uses this direction costs nothing.

@@ -34,6 +34,11 @@ struct pair_state {
     std::uint64_t upstream_queued_base = 0;
     bool client_eof = false;          // FIN received from the client
     bool upstream_eof = false;        // FIN received from the upstream
+    // splice, promotable: set when both directions stopped, pipes empty, to move to sockmap;
+    // and the bytes userspace has written to each socket so far (for the sockmap baselines).
+    bool promoting = false;
+    std::uint64_t written_to_client = 0;
+    std::uint64_t written_to_upstream = 0;
 
     // Ends the pair early: records why and cancels every pending operation on both sockets.
     void abort(end_reason why);
@@ -52,6 +57,9 @@ struct pair_state {
 
 // Runs the two directions beside the idle watchdog until both directions end or the pair aborts.
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward);
+// The same with a third task beside them; whichever of the three ends first ends the pair.
+net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward,
+                              net::awaitable<void> beside);
 
 // Copies `from` to `to` until EOF on `from`. Returns true on EOF, false when the pair aborted.
 // Does not shut `to` down: the caller decides when that is safe.

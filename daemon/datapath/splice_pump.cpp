@@ -5,6 +5,7 @@
 #include "sys/socket.hpp"
 
 #include <cerrno>
+#include <chrono>
 #include <fcntl.h>
 #include <unistd.h>
 #include <vector>
@@ -49,7 +50,17 @@ private:
 
 thread_local pipe_pool pool;
 
-net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+// What the promoter sees of one direction.
+struct direction_probe {
+    bool parked = false;  // waiting to read, pipe empty, no EOF: stopping here loses nothing
+    bool done = false;    // ended (EOF forwarded, or the pair aborted)
+};
+
+net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
+                                      direction_probe* probe = nullptr) {
+    direction_probe unused;
+    direction_probe& state = probe ? *probe : unused;
+    std::uint64_t& written = &to == &p.client ? p.written_to_client : p.written_to_upstream;
     pipe_pair pipe;
     if (pool.get(pipe)) {
         p.abort(end_reason::error);
@@ -70,7 +81,10 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
             } else if (errno == EAGAIN) {
                 // EAGAIN with bytes in the pipe may only mean the pipe is full: flush first.
                 if (in_pipe == 0) {
+                    state.parked = true;
                     auto [ec] = co_await from.async_wait(net::tcp::socket::wait_read, net::use_tuple);
+                    state.parked = false;
+                    if (ec && p.promoting && !p.aborted) break;  // stopped for the move to sockmap
                     if (ec && !p.aborted) p.abort(p.reset_reason(from));
                     continue;
                 }
@@ -83,6 +97,7 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
             ssize_t m = ::splice(pipe.read_end.get(), nullptr, out, nullptr, in_pipe, splice_flags);
             if (m > 0) {
                 in_pipe -= static_cast<std::size_t>(m);
+                written += static_cast<std::uint64_t>(m);
             } else if (m < 0 && errno == EAGAIN) {
                 auto [ec] = co_await to.async_wait(net::tcp::socket::wait_write, net::use_tuple);
                 if (ec && !p.aborted) p.abort(p.reset_reason(to));
@@ -98,10 +113,73 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
             break;
         }
     }
+    state.done = true;
     if (in_pipe == 0) pool.put(std::move(pipe));
 }
 
+// Both receive queues empty: a parked direction has no read completion queued that carries data
+// (readiness for bytes that arrived earlier would show here), so stopping it loses nothing. A
+// queued EOF or error is fine: that direction then ends on its own and the insert refuses the
+// pair (no longer ESTABLISHED), which goes back to splice.
+bool receive_queues_empty(pair_state& p) {
+    int a = 0, b = 0;
+    if (sys::receive_queue_bytes(p.client.native_handle(), a) || sys::receive_queue_bytes(p.upstream.native_handle(), b))
+        return false;
+    return a == 0 && b == 0;
+}
+
+// Samples the pair every tick; ends (the pair's `||` then stops the directions) once it moved
+// less than a bulk transfer would and both directions are parked.
+net::awaitable<void> promoter(pair_state& p, const direction_probe& forward, const direction_probe& backward) {
+    using namespace std::chrono_literals;
+    // A connection that moves less than this per tick (8 MiB/s) is not a bulk transfer: the
+    // sockmap path's lower hop latency matters more to it than splice's bulk throughput, and an
+    // idle connection there holds no pipes. Short connections end before the first tick.
+    constexpr auto tick = 20ms;
+    constexpr std::uint64_t bulk_per_tick = 160 * 1024;
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    auto total = [&] { return p.written_to_client + p.written_to_upstream; };
+    std::uint64_t last = total();
+    auto wait = tick;
+    bool quiet = false, retrying = false;
+    int retries = 0;
+    for (;;) {
+        timer.expires_after(wait);
+        auto [ec] = co_await timer.async_wait(net::use_tuple);
+        if (ec || p.aborted) co_return;  // cancelled: the directions ended first
+        if (forward.done || backward.done) {
+            // Half-closed: stays on splice. Sleep until the directions end and cancel this.
+            timer.expires_at(net::asio::steady_timer::time_point::max());
+            co_await timer.async_wait(net::use_tuple);
+            co_return;
+        }
+        if (!retrying) {
+            const std::uint64_t now = total();
+            quiet = now - last < bulk_per_tick;
+            last = now;
+            retries = 0;
+        }
+        if (quiet && forward.parked && backward.parked && receive_queues_empty(p)) {
+            p.promoting = true;
+            boost::system::error_code ignored;
+            p.client.cancel(ignored);  // wakes both parked reads; they stop without reading
+            p.upstream.cancel(ignored);
+            co_return;
+        }
+        // Quiet, but bytes are on their way through: look again soon, a few times. Busy: next tick.
+        retrying = quiet && ++retries < 10;
+        wait = retrying ? std::chrono::milliseconds(1) : tick;
+    }
+}
+
 }  // namespace
+
+net::awaitable<bool> run_splice_promotable(pair_state& p) {
+    direction_probe forward, backward;
+    co_await run_pair(p, splice_direction(p, p.client, p.upstream, &forward),
+                      splice_direction(p, p.upstream, p.client, &backward), promoter(p, forward, backward));
+    co_return p.promoting && !p.aborted;
+}
 
 net::awaitable<void> run_splice(pair_state& p) {
     co_await run_pair(p, splice_direction(p, p.client, p.upstream), splice_direction(p, p.upstream, p.client));

@@ -29,6 +29,8 @@ void route_metrics::connection_handed_off(datapath::kind k) const {
 
 void route_metrics::connection_closed() const { active->Decrement(); }
 
+void route_metrics::promoted() const { promotions->Increment(); }
+
 void route_metrics::connect_failed(std::size_t backend, connect_error e) const {
     connect_errors.at(backend)[static_cast<std::size_t>(e)]->Increment();
 }
@@ -39,6 +41,7 @@ struct registry::families {
     prometheus::Family<prometheus::Gauge>& connections_active;
     prometheus::Family<prometheus::Counter>& upstream_connect_errors_total;
     prometheus::Family<prometheus::Gauge>& build_info;
+    prometheus::Family<prometheus::Counter>& sockmap_promotions_total;
 
     explicit families(prometheus::Registry& r)
         : connections_total(prometheus::BuildCounter()
@@ -56,7 +59,11 @@ struct registry::families {
           build_info(prometheus::BuildGauge()
                          .Name("spliced_build_info")
                          .Help("Version of the running spliced")
-                         .Register(r)) {}
+                         .Register(r)),
+          sockmap_promotions_total(prometheus::BuildCounter()
+                                       .Name("spliced_sockmap_promotions_total")
+                                       .Help("Connections of a datapath auto route moved from splice to sockmap")
+                                       .Register(r)) {}
 };
 
 // Counters whose value lives elsewhere (BPF maps) and is read when scraped.
@@ -100,6 +107,7 @@ route_metrics registry::add_route(const config::route& r) {
         m.connections[static_cast<std::size_t>(k)] =
             &families_->connections_total.Add({{"route", r.name}, {"datapath", datapath::to_string(k)}});
     m.active = &families_->connections_active.Add({{"route", r.name}});
+    m.promotions = &families_->sockmap_promotions_total.Add({{"route", r.name}});
     for (const auto& b : r.backends) {
         std::array<prometheus::Counter*, connect_error_count> per_reason{};
         for (std::size_t i = 0; i < connect_error_count; ++i)

@@ -28,12 +28,14 @@ const char* to_string(connect_error e);
 struct route_metrics {
     std::array<prometheus::Counter*, 3> connections{};  // by datapath::kind
     prometheus::Gauge* active = nullptr;
+    prometheus::Counter* promotions = nullptr;
     // [backend index][connect_error]
     std::vector<std::array<prometheus::Counter*, connect_error_count>> connect_errors;
 
     void connection_opened() const;
     void connection_handed_off(datapath::kind k) const;
     void connection_closed() const;
+    void promoted() const;  // a splice connection moved to sockmap
     void connect_failed(std::size_t backend, connect_error e) const;
 };
 

@@ -67,6 +67,34 @@ datapath::kind hand_off(route_runtime& route, session_env env, net::tcp::socket&
     return fallback;
 }
 
+// Moves a pair that run_splice_promotable parked into the maps and runs it on sockmap; where
+// the insert is refused, the pair goes on as before. Returns the path it ran on.
+net::awaitable<datapath::kind> run_promoted(route_runtime& route, session_env env, datapath::pair_state& pair,
+                                            std::optional<datapath::sockmap_pair>& in_map, std::uint64_t id) {
+    pair.promoting = false;
+    const auto early_from_client = co_await datapath::forward_queued(pair.client, pair.upstream);
+    const auto early_from_upstream = co_await datapath::forward_queued(pair.upstream, pair.client);
+    auto ins = env.engine->insert(pair.client.native_handle(), pair.upstream.native_handle());
+    if (ins.error) {
+        spdlog::debug("conn {} route {}: sockmap insert on promotion failed at {}: {}", id, route.cfg.name, ins.what,
+                      ins.error.message());
+        if (ins.entered_map) {
+            co_await datapath::run_copy(pair);
+            co_return datapath::kind::copy;
+        }
+        co_await datapath::run_splice(pair);
+        co_return datapath::kind::splice;
+    }
+    in_map = ins.pair;
+    // Everything userspace wrote to a socket is in its queued total and in the other socket's
+    // received total: count it once.
+    pair.client_queued_base = ins.pair.client_queued_base - (pair.written_to_client + early_from_upstream);
+    pair.upstream_queued_base = ins.pair.upstream_queued_base - (pair.written_to_upstream + early_from_client);
+    route.metrics.promoted();
+    co_await datapath::run_sockmap(pair);
+    co_return datapath::kind::sockmap;
+}
+
 }  // namespace
 
 net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_env env, net::tcp::socket client,
@@ -111,7 +139,14 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     }
     switch (path) {
     case datapath::kind::sockmap: co_await datapath::run_sockmap(pair); break;
-    case datapath::kind::splice: co_await datapath::run_splice(pair); break;
+    case datapath::kind::splice:
+        if (route->promote_to_sockmap && env.engine) {
+            const bool promote = co_await datapath::run_splice_promotable(pair);
+            if (promote) path = co_await run_promoted(*route, env, pair, in_map, id);
+        } else {
+            co_await datapath::run_splice(pair);
+        }
+        break;
     case datapath::kind::copy: co_await datapath::run_copy(pair); break;
     }
 

@@ -27,6 +27,9 @@ struct route_runtime {
         : cfg(std::move(c)), path(k), metrics(std::move(m)), balancer(cfg.backends.size()) {}
     config::route cfg;
     datapath::kind path;
+    // datapath auto with sockmap usable: connections start on splice and move to sockmap once
+    // they are not bulk transfers (run_splice_promotable).
+    bool promote_to_sockmap = false;
     metrics::route_metrics metrics;
     round_robin balancer;
 };

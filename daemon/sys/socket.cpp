@@ -70,6 +70,11 @@ std::error_code send_queue_bytes(int fd, int& out) {
     return {};
 }
 
+std::error_code receive_queue_bytes(int fd, int& out) {
+    if (::ioctl(fd, SIOCINQ, &out) != 0) return last_error();
+    return {};
+}
+
 std::error_code shutdown_write(int fd) {
     if (::shutdown(fd, SHUT_WR) != 0) return last_error();
     return {};

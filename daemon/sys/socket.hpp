@@ -31,6 +31,8 @@ std::error_code send_buffer(int fd, int& out);
 std::error_code set_linger_reset(int fd);
 // Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
 std::error_code send_queue_bytes(int fd, int& out);
+// Bytes waiting in the receive queue (SIOCINQ). Never on a socket that is in the SOCKHASH.
+std::error_code receive_queue_bytes(int fd, int& out);
 std::error_code shutdown_write(int fd);
 
 // Bytes the socket has ever queued for sending: tcpi_bytes_acked + SIOCOUTQ.

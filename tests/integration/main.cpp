@@ -41,12 +41,12 @@ int main(int argc, char* argv[]) {
     const char* datapath = std::getenv("SPLICED_TEST_DATAPATH");
     if (!binary || !*binary || !datapath || !*datapath) {
         std::cerr << "integration tests need SPLICED_BINARY=/path/to/spliced and "
-                     "SPLICED_TEST_DATAPATH=sockmap|splice|copy in the environment\n";
+                     "SPLICED_TEST_DATAPATH=sockmap|splice|copy|auto in the environment\n";
         return 2;
     }
     std::string path = datapath;
-    if (path != "sockmap" && path != "splice" && path != "copy") {
-        std::cerr << "SPLICED_TEST_DATAPATH must be sockmap, splice or copy, not '" << path << "'\n";
+    if (path != "sockmap" && path != "splice" && path != "copy" && path != "auto") {
+        std::cerr << "SPLICED_TEST_DATAPATH must be sockmap, splice, copy or auto, not '" << path << "'\n";
         return 2;
     }
     if (access(binary, X_OK) != 0) {
@@ -56,9 +56,9 @@ int main(int argc, char* argv[]) {
     it::settings() = {binary, path};
     std::cout << "integration tests on data path: " << path << " (binary " << binary << ")" << std::endl;
 
-    if (path == "sockmap" && geteuid() != 0) {
+    if ((path == "sockmap" || path == "auto") && geteuid() != 0) {
         std::cout << "\n**********************************************************************\n"
-                     "SKIPPED: sockmap tests need root (CAP_BPF+CAP_NET_ADMIN)\n"
+                     "SKIPPED: sockmap and auto tests need root (CAP_BPF+CAP_NET_ADMIN)\n"
                      "**********************************************************************\n"
                   << std::endl;
         return 77;

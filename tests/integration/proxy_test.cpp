@@ -25,6 +25,11 @@ constexpr std::size_t KiB = 1024;
 constexpr std::size_t MiB = 1024 * KiB;
 
 const std::string& datapath() { return settings().datapath; }
+// The path connections are handed to first: auto starts every connection on splice (and moves the ones that
+// are not bulk transfers to sockmap later, counted in spliced_sockmap_promotions_total).
+std::string handoff_path() { return datapath() == "auto" ? "splice" : datapath(); }
+// The daemon holds the BPF maps: sockmap, and auto (sockmap is usable on the machines the suite runs on as root).
+bool uses_maps() { return datapath() == "sockmap" || datapath() == "auto"; }
 
 // ---------------------------------------------------------------------------------------------------------
 // The shared daemon and its backends: one route per scenario, so each case reads its own route's metrics.
@@ -147,7 +152,7 @@ proxy_fixture& proxy() {
         for (int attempt = 1; !the_fixture; ++attempt) {
             try {
                 the_fixture = std::make_unique<proxy_fixture>();
-                if (datapath() == "sockmap") {
+                if (uses_maps()) {
                     if (auto e = check_maps_visible(the_fixture->daemon->pid()); !e.empty())
                         throw std::runtime_error(e + "\nlog:\n" + the_fixture->daemon->log_tail());
                 }
@@ -213,10 +218,10 @@ void require_handed_off(const std::string& route, const path_counts& before, dou
     path_counts now;
     bool reached = wait_handed_off(route, before, n, &now);
     INFO("route " << route << ": connections_total since the case began: " << describe(before, now) << "; expected +"
-                  << n << " on " << datapath());
+                  << n << " on " << handoff_path());
     REQUIRE(reached);
     CHECK(now.total() - before.total() == n);
-    CHECK(now.on(datapath()) - before.on(datapath()) == n);
+    CHECK(now.on(handoff_path()) - before.on(handoff_path()) == n);
 }
 
 // For echo_check: allows the half-close once `route` has handed off `n` more connections than `before`. A client
@@ -552,7 +557,7 @@ TEST_CASE("a client that sends and half-closes before its upstream is connected 
         // A half-closed (CLOSE_WAIT) client socket cannot enter the sockmap: falling back to splice is legitimate.
         CHECK(now.sockmap + now.splice - before.sockmap - before.splice == reps);
     } else {
-        CHECK(now.on(datapath()) - before.on(datapath()) == reps);
+        CHECK(now.on(handoff_path()) - before.on(handoff_path()) == reps);
     }
 }
 
@@ -871,6 +876,52 @@ TEST_CASE("many echo connections with half-close all come back intact", "[.stres
     CHECK(failed == 0);
 }
 
+TEST_CASE("a connection that turns quiet after a bulk start keeps every byte in order both ways; on auto it moves "
+          "to sockmap while open",
+          "[proxy][promotion]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    auto before = connections_of(px.metrics(), "echo");
+    auto promotions = [&] { return px.metrics().sum("spliced_sockmap_promotions_total", {{"route", "echo"}}); };
+    const double promoted_before = promotions();
+    auto fd = px.connect("echo", 20s);
+    payload p(13000);
+    std::uint64_t off = 0;
+    auto exchange = [&](std::size_t n) {
+        auto out = p.bytes(off, n);
+        INFO("echo of bytes " << off << ".." << off + n);
+        REQUIRE(send_all(fd.get(), out.data(), out.size()));
+        std::vector<std::uint8_t> back(n);
+        REQUIRE(recv_exact(fd.get(), back.data(), n) == static_cast<long>(n));
+        REQUIRE(back == out);
+        off += n;
+    };
+    auto bulk = [&] {
+        for (int i = 0; i < 32; ++i) exchange(256 * 1024);  // 8 MiB as fast as it goes
+    };
+    auto quiet = [&] {
+        for (int i = 0; i < 40; ++i) {  // 100 B every 5 ms: well under the bulk rate
+            exchange(100);
+            std::this_thread::sleep_for(5ms);
+        }
+    };
+    bulk();
+    quiet();
+    if (datapath() == "auto") {
+        CHECK(run_until([&] { return promotions() - promoted_before == 1; }, 5s));
+        auto sockhash = count_map_entries(px.daemon->pid(), "sockhash");
+        CHECK(sockhash.entries == 2);  // this pair, the only open connection
+    }
+    bulk();   // on auto, now through the redirect
+    quiet();
+    shutdown(fd.get(), SHUT_WR);
+    CHECK(to_string(wait_closed(fd.get(), 10s)) == std::string("EOF"));
+    std::cout << "  " << off << " bytes echoed intact; promotions on echo: +" << promotions() - promoted_before
+              << std::endl;
+    require_handed_off("echo", before, 1);
+    if (datapath() != "auto") CHECK(promotions() == promoted_before);  // only auto routes move
+}
+
 TEST_CASE("after every case, no route has an active connection and no sockhash or peers entry is left",
           "[proxy][end]") {
     ANNOUNCE_DATAPATH();
@@ -892,7 +943,7 @@ TEST_CASE("after every case, no route has an active connection and no sockhash o
         10s, 50ms);
     INFO("routes with active connections:" << busy);
     CHECK(idle);
-    if (datapath() == "sockmap") {
+    if (uses_maps()) {
         map_census sockhash, peers;
         bool empty = run_until(
             [&] {
@@ -935,7 +986,7 @@ bool finish_suite(bool keep_files) {
         std::cerr << "FAILED: spliced died during the run (" << d.exit_description() << "); log:\n" << d.log_tail();
         return release.ok = false;
     }
-    if (datapath() == "sockmap") {
+    if (uses_maps()) {
         map_census sockhash, peers;
         bool empty = run_until(
             [&] {

@@ -8,7 +8,7 @@ namespace it {
 // Read from the environment by main before any test runs.
 struct run_settings {
     std::string binary;    // SPLICED_BINARY
-    std::string datapath;  // SPLICED_TEST_DATAPATH: sockmap | splice | copy
+    std::string datapath;  // SPLICED_TEST_DATAPATH: sockmap | splice | copy | auto
 };
 run_settings& settings();
 
