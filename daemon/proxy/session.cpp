@@ -102,7 +102,8 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     const auto started = std::chrono::steady_clock::now();
     active_guard guard(*route, env.active);
     sys::set_nodelay(client.native_handle(), true);
-    const std::string client_text = endpoint_text(client, true);
+    // Only the access log needs the peer's address (one getpeername per connection otherwise).
+    const std::string client_text = env.access_log ? endpoint_text(client, true) : std::string();
 
     std::size_t backend_index = 0;
     auto upstream_opt = co_await connect_any(*route, id, backend_index);
@@ -151,8 +152,10 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     }
 
     sys::tcp_stats from_client, from_upstream;
-    sys::tcp_stats_of(client.native_handle(), from_client);
-    sys::tcp_stats_of(upstream.native_handle(), from_upstream);
+    if (env.access_log) {  // payload byte counts, for the access log line
+        sys::tcp_stats_of(client.native_handle(), from_client);
+        sys::tcp_stats_of(upstream.native_handle(), from_upstream);
+    }
     if (in_map) env.engine->remove(*in_map);
     if (pair.reason != datapath::end_reason::completed && pair.reason != datapath::end_reason::idle_timeout) {
         // Data was lost on one side: make the other side see a reset, not a clean end.
