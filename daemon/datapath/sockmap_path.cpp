@@ -72,21 +72,28 @@ net::awaitable<void> sockmap_direction(pair_state& p, net::tcp::socket& from, ne
 
 }  // namespace
 
-net::awaitable<std::uint64_t> forward_queued(net::tcp::socket& from, net::tcp::socket& to) {
-    constexpr std::uint64_t bound = 4 * 1024 * 1024;  // a fast sender must not keep us here
-    std::unique_ptr<std::array<char, 64 * 1024>> buffer;
-    std::uint64_t total = 0;
-    while (total < bound) {
-        if (!buffer) buffer = std::make_unique_for_overwrite<std::array<char, 64 * 1024>>();
+net::awaitable<forwarded> forward_queued(net::tcp::socket& from, net::tcp::socket& to, std::uint64_t soft_bound,
+                                         std::uint64_t hard_bound) {
+    using chunk = std::array<char, 64 * 1024>;
+    std::unique_ptr<chunk> buffer;
+    forwarded out;
+    for (;;) {
+        if (!buffer) buffer = std::make_unique_for_overwrite<chunk>();
         boost::system::error_code ec;
         std::size_t n = from.read_some(net::asio::buffer(*buffer), ec);
         if (ec || n == 0) break;  // drained (EAGAIN), EOF or error: the data path deals with it
         auto [write_ec, written] = co_await net::asio::async_write(to, net::asio::buffer(buffer->data(), n),
                                                                    net::use_tuple);
-        total += written;
+        out.bytes += written;
         if (write_ec) break;
+        const bool drained = n < buffer->size();  // recvmsg came back short: the queue ran out
+        if (drained && out.bytes >= soft_bound) break;
+        if (!drained && out.bytes >= hard_bound) {
+            out.clean = false;  // a fast sender: we may be in the middle of an skb
+            break;
+        }
     }
-    co_return total;
+    co_return out;
 }
 
 net::awaitable<void> run_sockmap(pair_state& p) {

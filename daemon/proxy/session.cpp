@@ -52,9 +52,16 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
 }
 
 // Picks the data path for this pair; on sockmap, inserts it into the maps.
+// `clean`: forward_queued() left both receive queues on an skb boundary (else: splice).
 datapath::kind hand_off(route_runtime& route, session_env env, net::tcp::socket& client,
-                        net::tcp::socket& upstream, std::uint64_t id, std::optional<datapath::sockmap_pair>& in_map) {
+                        net::tcp::socket& upstream, std::uint64_t id, bool clean,
+                        std::optional<datapath::sockmap_pair>& in_map) {
     if (route.path != datapath::kind::sockmap || !env.engine) return route.path;
+    if (!clean) {
+        spdlog::debug("conn {} route {}: the client kept its queue full past the userspace bound; using splice", id,
+                      route.cfg.name);
+        return datapath::kind::splice;
+    }
     auto ins = env.engine->insert(client.native_handle(), upstream.native_handle());
     if (!ins.error) {
         in_map = ins.pair;
@@ -72,8 +79,14 @@ datapath::kind hand_off(route_runtime& route, session_env env, net::tcp::socket&
 net::awaitable<datapath::kind> run_promoted(route_runtime& route, session_env env, datapath::pair_state& pair,
                                             std::optional<datapath::sockmap_pair>& in_map, std::uint64_t id) {
     pair.promoting = false;
-    const auto early_from_client = co_await datapath::forward_queued(pair.client, pair.upstream);
-    const auto early_from_upstream = co_await datapath::forward_queued(pair.upstream, pair.client);
+    const auto from_client = co_await datapath::forward_queued(pair.client, pair.upstream);
+    const auto from_upstream = co_await datapath::forward_queued(pair.upstream, pair.client);
+    pair.written_to_upstream += from_client.bytes;
+    pair.written_to_client += from_upstream.bytes;
+    if (!from_client.clean || !from_upstream.clean) {
+        co_await datapath::run_splice(pair);  // a sender that never paused: stay on splice
+        co_return datapath::kind::splice;
+    }
     auto ins = env.engine->insert(pair.client.native_handle(), pair.upstream.native_handle());
     if (ins.error) {
         spdlog::debug("conn {} route {}: sockmap insert on promotion failed at {}: {}", id, route.cfg.name, ins.what,
@@ -88,8 +101,8 @@ net::awaitable<datapath::kind> run_promoted(route_runtime& route, session_env en
     in_map = ins.pair;
     // Everything userspace wrote to a socket is in its queued total and in the other socket's
     // received total: count it once.
-    pair.client_queued_base = ins.pair.client_queued_base - (pair.written_to_client + early_from_upstream);
-    pair.upstream_queued_base = ins.pair.upstream_queued_base - (pair.written_to_upstream + early_from_client);
+    pair.client_queued_base = ins.pair.client_queued_base - pair.written_to_client;
+    pair.upstream_queued_base = ins.pair.upstream_queued_base - pair.written_to_upstream;
     route.metrics.promoted();
     co_await datapath::run_sockmap(pair);
     co_return datapath::kind::sockmap;
@@ -122,21 +135,22 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     client.non_blocking(true);
     upstream.non_blocking(true);
 
-    std::uint64_t early_from_client = 0, early_from_upstream = 0;
+    datapath::forwarded early_from_client, early_from_upstream;
     if (route->path == datapath::kind::sockmap && env.engine) {
         early_from_client = co_await datapath::forward_queued(client, upstream);
         early_from_upstream = co_await datapath::forward_queued(upstream, client);
     }
     std::optional<datapath::sockmap_pair> in_map;
-    auto path = hand_off(*route, env, client, upstream, id, in_map);
+    auto path = hand_off(*route, env, client, upstream, id, early_from_client.clean && early_from_upstream.clean,
+                         in_map);
     route->metrics.connection_handed_off(path);
 
     datapath::pair_state pair{client, upstream, route->cfg.timeouts.idle};
     if (in_map) {
         // Bytes forwarded before insertion are in the peer's queued total already, and also
         // in the sender's received total: count them once.
-        pair.client_queued_base = in_map->client_queued_base - early_from_upstream;
-        pair.upstream_queued_base = in_map->upstream_queued_base - early_from_client;
+        pair.client_queued_base = in_map->client_queued_base - early_from_upstream.bytes;
+        pair.upstream_queued_base = in_map->upstream_queued_base - early_from_client.bytes;
     }
     switch (path) {
     case datapath::kind::sockmap: co_await datapath::run_sockmap(pair); break;

@@ -1,6 +1,7 @@
 // The kernel facts the sockmap path is built around, each checked on real loopback sockets
 // through sockmap_engine: every case fails if spliced's handling of that fact is removed.
 #include "datapath/sockmap.hpp"
+#include "datapath/sockmap_path.hpp"
 #include "sys/fd.hpp"
 #include "sys/socket.hpp"
 
@@ -146,6 +147,51 @@ TEST_CASE("both sockets of a pair get a send buffer past the autotuned ceiling (
         REQUIRE_FALSE(sys::send_buffer(fd, size));
         CHECK(size >= 2 * datapath::egress_send_buffer);  // the kernel reports twice the value set
     }
+    engine().remove(ins.pair);
+}
+
+TEST_CASE("an skb partly read by userspace before insertion is redirected whole: its read prefix goes out twice") {
+    // This is why forward_queued() only stops on an empty receive queue (a short read), never
+    // in the middle of the queued bytes: the kernel's tcp_read_skb() hands the verdict whole skbs.
+    proxied p;
+    const auto data = pattern(16000, 7);  // one write, one skb on loopback
+    send_all(p.client.outer.get(), data);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    char head[1000];
+    REQUIRE(::recv(p.client.inner.get(), head, sizeof head, MSG_DONTWAIT) == 1000);
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    const auto got = read_for(p.upstream.inner.get(), data.size(), std::chrono::milliseconds(1000));
+    // What a proxy would want is data.substr(1000); the kernel sends all 16000 bytes again.
+    CHECK(got.size() == data.size());
+    CHECK(got == data);
+    engine().remove(ins.pair);
+}
+
+TEST_CASE("forward_queued stops only where the receive queue ran dry, so the pair enters the map on an skb boundary") {
+    proxied p;
+    // Several skbs queued; a bound of 1 byte stops at the first 64 KiB read unless it waits for the short read.
+    const auto data = pattern(300000, 8);
+    send_all(p.client.outer.get(), data);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    net::asio::io_context io;
+    net::tcp::socket from(io, net::tcp::v4(), ::dup(p.client.inner.get()));
+    net::tcp::socket to(io, net::tcp::v4(), ::dup(p.upstream.outer.get()));
+    from.non_blocking(true);
+    to.non_blocking(true);
+    datapath::forwarded f;
+    net::asio::co_spawn(io, [&]() -> net::awaitable<void> { f = co_await datapath::forward_queued(from, to, 1); },
+                        net::asio::detached);
+    io.run();
+    CHECK(f.clean);
+    CHECK(f.bytes > 64 * 1024);  // read on past the bound to where the queue ran dry, not one 64 KiB read
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    const auto tail = pattern(5000, 9);
+    send_all(p.client.outer.get(), tail);
+    const auto got = read_for(p.upstream.inner.get(), data.size() + tail.size() + 1, std::chrono::milliseconds(1000));
+    CHECK(got.size() == data.size() + tail.size());  // nothing twice
+    CHECK(got == data + tail);
     engine().remove(ins.pair);
 }
 
