@@ -43,8 +43,6 @@ end_reason pair_state::reset_reason(const net::tcp::socket& s) const {
     return &s == &client ? end_reason::client_reset : end_reason::upstream_reset;
 }
 
-namespace {
-
 // Milliseconds since either socket last received data (TCP_INFO works on every data path,
 // including sockmap where userspace never sees the bytes).
 std::chrono::milliseconds quiet_for(pair_state& p) {
@@ -53,6 +51,8 @@ std::chrono::milliseconds quiet_for(pair_state& p) {
         return std::chrono::milliseconds::max();
     return std::chrono::milliseconds(std::min(a.last_data_recv_ms, b.last_data_recv_ms));
 }
+
+namespace {
 
 net::awaitable<void> idle_watchdog(pair_state& p) {
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);

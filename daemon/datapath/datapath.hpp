@@ -55,6 +55,9 @@ struct pair_state {
     }
 };
 
+// Milliseconds since either socket of the pair last received data (from TCP_INFO).
+std::chrono::milliseconds quiet_for(pair_state& p);
+
 // Runs the two directions beside the idle watchdog until both directions end or the pair aborts.
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward);
 // The same with a third task beside them; whichever of the three ends first ends the pair.
