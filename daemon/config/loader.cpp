@@ -187,7 +187,9 @@ private:
             : reader_(r), node_(map), where_(std::move(where)) {
             if (!map.IsMap()) r.fail(map, where_ + " must be a mapping, not " + kind_of(map));
             for (auto it = map.begin(); it != map.end(); ++it) {
-                const YAML::Node& key = it->first;
+                // By value: yaml-cpp's operator-> returns a temporary pair, so a reference to its
+                // member dangles once this statement ends (AddressSanitizer: stack-use-after-scope).
+                const YAML::Node key = it->first;
                 if (!key.IsScalar()) r.fail(key, "keys in " + where_ + " must be plain names, not " + kind_of(key));
                 const std::string& name = key.Scalar();
                 if (fields_.count(name)) r.fail(key, "duplicate key '" + name + "' in " + where_);
