@@ -7,9 +7,11 @@
 #include <fcntl.h>
 #include <map>
 #include <set>
+#include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <variant>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 namespace spliced::config {
@@ -372,20 +374,64 @@ private:
 
 }  // namespace
 
+namespace {
+
+// Parser events, ignored except for where the latest document's first node is.
+class document_marks : public YAML::EventHandler {
+public:
+    YAML::Mark start;
+    void OnDocumentStart(const YAML::Mark& mark) override {
+        start = mark;
+        seen_ = false;
+    }
+    void OnDocumentEnd() override {}
+    void OnNull(const YAML::Mark& m, YAML::anchor_t) override { node(m); }
+    void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { node(m); }
+    void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t, const std::string&) override { node(m); }
+    void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+        node(m);
+    }
+    void OnSequenceEnd() override {}
+    void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
+        node(m);
+    }
+    void OnMapEnd() override {}
+
+private:
+    void node(const YAML::Mark& m) {
+        if (!seen_) start = m;
+        seen_ = true;
+    }
+    bool seen_ = false;
+};
+
+}  // namespace
+
 config load_string(std::string_view yaml, const std::string& source) {
-    std::vector<YAML::Node> docs;
+    // Not YAML::LoadAll: yaml-cpp 0.7's LoadAll loops for ever, allocating, on some broken input
+    // (a stray ',' after a scalar; found by the config fuzzer). One document is loaded, and the
+    // parser is asked for at most two to tell a second document apart.
+    YAML::Node root;
+    bool second_document = false;
+    YAML::Mark second_at;
     try {
-        docs = YAML::LoadAll(std::string(yaml));
+        root = YAML::Load(std::string(yaml));
+        std::istringstream in{std::string(yaml)};
+        YAML::Parser parser(in);
+        document_marks marks;
+        if (parser.HandleNextDocument(marks) && parser.HandleNextDocument(marks)) {
+            second_document = true;
+            second_at = marks.start;
+        }
     } catch (const YAML::Exception& e) {
         // ParserException and friends; a mark-less exception has line/column -1 and reports 0:0.
         throw config_error(source, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg);
     }
-    if (docs.empty() || (docs.size() == 1 && docs[0].IsNull())) throw config_error(source, 1, 1, "config is empty");
-    if (docs.size() > 1) {
-        auto m = docs[1].Mark();
-        throw config_error(source, m.line + 1, m.column + 1, "only one YAML document is allowed in a config file");
-    }
-    return reader(source).read(docs[0]);
+    if (!root || root.IsNull()) throw config_error(source, 1, 1, "config is empty");
+    if (second_document)
+        throw config_error(source, second_at.line + 1, second_at.column + 1,
+                           "only one YAML document is allowed in a config file");
+    return reader(source).read(root);
 }
 
 config load_file(const std::string& path) {

@@ -372,3 +372,9 @@ TEST_CASE("addresses that are not IP:port or [IPv6]:port with a port in 1..65535
                      "256.1.1.1:80", "01.2.3.4:80", "[1.2.3.4]:80", "[fe80::1%lo]:80", " 1.2.3.4:80", "1.2.3.4:80 "})
         CHECK_FALSE(parse_address(bad));
 }
+
+TEST_CASE("a stray comma after a scalar is refused, not parsed for ever (yaml-cpp 0.7 LoadAll loops on it)") {
+    // Found by tests/fuzz/config_fuzz; with YAML::LoadAll this never returned and kept allocating.
+    CHECK_FALSE(error_of("key: value\n,\n").empty());
+    CHECK_FALSE(error_of("# spliced example\ndatapath: auto\nrouted pas:s\n,,,,,,,,,,,,,,,,\n      - address:@ 1\n").empty());
+}
