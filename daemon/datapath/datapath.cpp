@@ -43,6 +43,8 @@ end_reason pair_state::reset_reason(const net::tcp::socket& s) const {
     return &s == &client ? end_reason::client_reset : end_reason::upstream_reset;
 }
 
+namespace {
+
 // Milliseconds since either socket last received data (TCP_INFO works on every data path,
 // including sockmap where userspace never sees the bytes).
 std::chrono::milliseconds quiet_for(pair_state& p) {
@@ -50,6 +52,18 @@ std::chrono::milliseconds quiet_for(pair_state& p) {
     if (sys::tcp_stats_of(p.client.native_handle(), a) || sys::tcp_stats_of(p.upstream.native_handle(), b))
         return std::chrono::milliseconds::max();
     return std::chrono::milliseconds(std::min(a.last_data_recv_ms, b.last_data_recv_ms));
+}
+
+}  // namespace
+
+bool idle_check(pair_state& p, std::chrono::milliseconds& next) {
+    const auto quiet = quiet_for(p);
+    if (quiet >= p.idle) {
+        p.abort(end_reason::idle_timeout);
+        return false;
+    }
+    next = p.idle - quiet;
+    return true;
 }
 
 namespace {
@@ -60,13 +74,7 @@ net::awaitable<void> idle_watchdog(pair_state& p) {
     for (;;) {
         timer.expires_after(wait);
         auto [ec] = co_await timer.async_wait(net::use_tuple);
-        if (ec || p.aborted) co_return;
-        auto quiet = quiet_for(p);
-        if (quiet >= p.idle) {
-            p.abort(end_reason::idle_timeout);
-            co_return;
-        }
-        wait = p.idle - quiet;
+        if (ec || p.aborted || !idle_check(p, wait)) co_return;
     }
 }
 

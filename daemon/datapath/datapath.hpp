@@ -55,8 +55,9 @@ struct pair_state {
     }
 };
 
-// Milliseconds since either socket of the pair last received data (from TCP_INFO).
-std::chrono::milliseconds quiet_for(pair_state& p);
+// The idle timer fired: aborts the pair (idle_timeout) and returns false when neither socket has
+// received data for `idle`; else sets `next` to the time left and returns true.
+bool idle_check(pair_state& p, std::chrono::milliseconds& next);
 
 // Runs the two directions beside the idle watchdog until both directions end or the pair aborts.
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward);

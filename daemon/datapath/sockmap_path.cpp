@@ -4,10 +4,10 @@
 #include "sys/socket.hpp"
 
 #include <algorithm>
-#include <cerrno>
-#include <sys/socket.h>
 #include <array>
+#include <cerrno>
 #include <memory>
+#include <sys/socket.h>
 
 namespace spliced::datapath {
 
@@ -124,12 +124,7 @@ net::awaitable<bool> wait_until_readable(pair_state& p) {
             if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) co_return true;
             continue;  // spurious: keep waiting (the idle check runs when the timer fires)
         }
-        const auto quiet = quiet_for(p);
-        if (quiet >= p.idle) {
-            p.abort(end_reason::idle_timeout);
-            co_return false;
-        }
-        wait = p.idle - quiet;
+        if (!idle_check(p, wait)) co_return false;
     }
 }
 
