@@ -24,6 +24,21 @@ struct {
 	__type(value, struct spliced_peer_value);
 } peers SEC(".maps");
 
+/* Receiving socket's cookie -> the most its redirected_bytes may reach: the egress bound. The
+ * kernel gives redirects no backpressure, so userspace raises this ceiling to what the peer has
+ * taken into its send queue plus a fixed allowance, as it sees the peer take bytes; a sender that
+ * outruns it has its direction demoted to userspace (whose writes block on the peer's send
+ * buffer). A separate map: userspace never rewrites a peers value, which would race the
+ * verdict's byte counter.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SPLICED_MAP_CAPACITY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64);
+	__type(value, __u64);
+} budget SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SPLICED_CNT_MAX);
@@ -45,6 +60,7 @@ int spliced_verdict(struct __sk_buff *skb)
 	__u64 cookie = bpf_get_socket_cookie(skb);
 	struct spliced_peer_value *peer;
 	__u32 len = skb->len;
+	__u64 *ceiling;
 	long verdict;
 
 	/* Zero-length skbs come with FIN and carry no byte. Redirecting one breaks the peer
@@ -67,6 +83,16 @@ int spliced_verdict(struct __sk_buff *skb)
 	 */
 	if (peer->flags & SPLICED_PEER_DEMOTED) {
 		count(SPLICED_CNT_PASS_DEMOTED, 1);
+		return SK_PASS;
+	}
+	ceiling = bpf_map_lookup_elem(&budget, &cookie);
+	if (!ceiling || peer->redirected_bytes + len > *ceiling) {
+		/* Every skb before this one was redirected and counted in redirected_bytes; this one
+		 * and all after it go to userspace, which sends them once the peer took the rest.
+		 * Verdicts of one socket run one at a time, so this branch runs once per direction.
+		 */
+		__sync_fetch_and_or(&peer->flags, SPLICED_PEER_DEMOTED);
+		count(SPLICED_CNT_EGRESS_DEMOTED, 1);
 		return SK_PASS;
 	}
 	verdict = bpf_sk_redirect_hash(skb, &sockhash, &peer->peer_cookie, 0);

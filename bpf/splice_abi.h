@@ -7,7 +7,8 @@
 /* Capacity of the SOCKHASH and the peer map: two entries per sockmap connection. */
 #define SPLICED_MAP_CAPACITY 131072
 
-/* peer_value.flags: this socket's direction left the redirect path for good (peer miss). */
+/* peer_value.flags: this socket's direction left the redirect path for good (peer miss, or the
+ * egress bound in the budget map). */
 #define SPLICED_PEER_DEMOTED 0x1u
 
 /* Value of the peer map, keyed by the receiving socket's cookie. */
@@ -25,6 +26,7 @@ enum spliced_counter {
 	SPLICED_CNT_NO_PEER_ENTRY,   /* skb from a socket with no peer-map entry: passed */
 	SPLICED_CNT_DROP_EMPTY,      /* zero-length skb (FIN): dropped, never redirected or passed */
 	SPLICED_CNT_PASS_DEMOTED,    /* skb of an already demoted direction: passed */
+	SPLICED_CNT_EGRESS_DEMOTED,  /* direction demoted: its peer fell too far behind (budget map) */
 	SPLICED_CNT_MAX,
 };
 

@@ -128,6 +128,10 @@ void app::impl::choose_datapaths() {
     metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
                                 "Redirects whose peer socket was missing; that direction moved to userspace copy",
                                 [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
+    metrics.add_sampled_counter("spliced_sockmap_demotions_total",
+                                "Sockmap directions moved to userspace copy because the peer fell too far behind what "
+                                "was redirected to it (egress bound)",
+                                [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_EGRESS_DEMOTED)) : 0.0; });
 }
 
 void app::impl::open_listeners() {

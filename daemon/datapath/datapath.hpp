@@ -26,7 +26,7 @@ struct pair_state {
     std::chrono::milliseconds idle;
     end_reason reason = end_reason::completed;
     bool aborted = false;
-    std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a peer miss
+    std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a demotion
     std::uint64_t stranded_bytes = 0; // sockmap: redirected bytes the peer never took (pair reset)
     // Sockmap: bytes_queued_total() of each socket when the pair entered the map, less the
     // bytes userspace forwarded to it from the other socket before insertion.

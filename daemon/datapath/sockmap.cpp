@@ -53,6 +53,7 @@ sockmap_engine::~sockmap_engine() {
 
 int sockmap_engine::sockhash_fd() const { return bpf_map__fd(skel_->maps.sockhash); }
 int sockmap_engine::peers_fd() const { return bpf_map__fd(skel_->maps.peers); }
+int sockmap_engine::budget_fd() const { return bpf_map__fd(skel_->maps.budget); }
 
 insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
     insert_outcome out;
@@ -114,12 +115,19 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
         ungate();
         return fail(bpf_error(r), "peer map insert");
     }
+    // Nothing redirected yet: each direction may run egress_backlog_limit ahead of its peer.
+    for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) {
+        if (auto ec = set_budget(cookie, egress_backlog_limit)) {
+            remove(pair);  // no socket is in the SOCKHASH yet: this only drops map entries
+            ungate();
+            return fail(ec, "budget map insert");
+        }
+    }
     int hash = sockhash_fd();
     std::uint64_t fd64 = static_cast<std::uint64_t>(client_fd);
     if (int r = bpf_map_update_elem(hash, &pair.client_cookie, &fd64, BPF_NOEXIST); r != 0) {
         auto ec = bpf_error(r);
-        bpf_map_delete_elem(peers, &pair.client_cookie);
-        bpf_map_delete_elem(peers, &pair.upstream_cookie);
+        remove(pair);  // the client's insert failed: only peer and budget entries to drop
         ungate();
         return fail(ec, "SOCKHASH insert (client)");
     }
@@ -140,10 +148,24 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
 void sockmap_engine::remove(const sockmap_pair& pair) {
     int hash = sockhash_fd();
     int peers = peers_fd();
+    int budget = budget_fd();
     for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) {
         bpf_map_delete_elem(hash, &cookie);
         bpf_map_delete_elem(peers, &cookie);
+        bpf_map_delete_elem(budget, &cookie);
     }
+}
+
+std::error_code sockmap_engine::redirected(std::uint64_t cookie, std::uint64_t& out) const {
+    spliced_peer_value value{};
+    if (int r = bpf_map_lookup_elem(peers_fd(), &cookie, &value); r != 0) return bpf_error(r);
+    out = value.redirected_bytes;
+    return {};
+}
+
+std::error_code sockmap_engine::set_budget(std::uint64_t cookie, std::uint64_t ceiling) {
+    if (int r = bpf_map_update_elem(budget_fd(), &cookie, &ceiling, BPF_ANY); r != 0) return bpf_error(r);
+    return {};
 }
 
 std::uint64_t sockmap_engine::counter(spliced_counter slot) const {

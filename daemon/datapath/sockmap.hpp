@@ -38,6 +38,17 @@ struct insert_outcome {
 // a ceiling, not an allocation: an idle connection uses none of it.
 inline constexpr int egress_send_buffer = 16 << 20;
 
+// Egress bound. The kernel gives the redirect path no backpressure: a sender can push bytes into
+// the peer's psock backlog far faster than the peer's reader takes them (measured: GBs within
+// seconds). Per direction, bytes redirected but not yet taken into the peer's send queue stay
+// under this limit: the verdict redirects only up to a ceiling, which userspace raises to "taken
+// so far + this limit" as it sees the peer take bytes (sockmap_path's egress check); a sender
+// that outruns it has its direction demoted for good to userspace copy, whose writes block on
+// the peer's send buffer (counted: spliced_sockmap_demotions_total). Kernel memory of one
+// direction is thus at most this limit + the peer's send buffer + the receiving socket's
+// receive buffer (the last two as on every data path).
+inline constexpr std::uint64_t egress_backlog_limit = 4 << 20;
+
 class sockmap_engine {
 public:
     // Opens and loads the skeleton and attaches the verdict program to the SOCKHASH.
@@ -49,13 +60,20 @@ public:
     // Puts two ESTABLISHED sockets into the maps, redirecting each one's bytes to the other,
     // with no verdict run before both are in, then kicks bytes already queued.
     insert_outcome insert(int client_fd, int upstream_fd);
-    // Deletes both sockets' SOCKHASH and peer entries (idempotent).
+    // Deletes both sockets' SOCKHASH, peer and budget entries (idempotent).
     void remove(const sockmap_pair& pair);
+
+    // Bytes the verdict has redirected from the socket with this cookie to its peer so far.
+    std::error_code redirected(std::uint64_t cookie, std::uint64_t& out) const;
+    // Lets the verdict redirect from the socket with this cookie until its redirected bytes reach
+    // `ceiling` (see egress_backlog_limit); past it, that direction is demoted.
+    std::error_code set_budget(std::uint64_t cookie, std::uint64_t ceiling);
 
     // Sum over CPUs of one counter slot.
     std::uint64_t counter(spliced_counter slot) const;
     int sockhash_fd() const;
     int peers_fd() const;
+    int budget_fd() const;
 
 private:
     sockmap_engine() = default;

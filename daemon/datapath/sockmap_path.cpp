@@ -7,18 +7,57 @@
 #include <array>
 #include <cerrno>
 #include <memory>
+#include <optional>
 #include <sys/socket.h>
 
 namespace spliced::datapath {
 
 namespace {
 
-// Waits until `to` has taken into its send queue every byte `from` received: redirected bytes
-// sit in the peer's psock backlog until a kworker sends them, and shutting `to` down earlier
-// would lose them. No syscall reports that backlog, so compare byte counters: `to` has taken
-// everything once its queued total grew, since insertion, by all `from` received. Bytes
-// userspace copied after a demotion count on both sides and cancel out.
-net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+// One pair's run on sockmap: where it is in the maps, and the egress watchdog's state per direction.
+struct sockmap_run {
+    struct direction {
+        std::uint64_t from_cookie = 0;         // the receiving socket's key in the maps
+        std::uint64_t to_inserted_total = 0;   // bytes_queued_total() of the peer at insertion
+        bool userspace = false;                // demoted: the verdict passes this direction to userspace
+        std::uint64_t budget_taken = 0;        // bytes `to` had taken when the ceiling was last raised
+        std::chrono::steady_clock::time_point last_check{};
+    };
+    pair_state& p;
+    sockmap_engine& engine;
+    direction from_client, from_upstream;
+
+    sockmap_run(pair_state& pair, sockmap_engine& e, const sockmap_pair& maps)
+        : p(pair), engine(e), from_client{maps.client_cookie, maps.upstream_queued_base},
+          from_upstream{maps.upstream_cookie, maps.client_queued_base} {}
+    direction& of(const net::tcp::socket& from) { return &from == &p.client ? from_client : from_upstream; }
+    net::tcp::socket& peer_of(const net::tcp::socket& s) { return &s == &p.client ? p.upstream : p.client; }
+};
+
+// The egress check, run on the wake-up the kernel sends `from`'s readers after each redirect (at
+// most once per egress_check_interval): raises the verdict's ceiling for this direction to what
+// `to` has taken so far + egress_backlog_limit. The ceiling only trails what `to` really took, so
+// the bound holds however late this runs; running it often only spares a healthy transfer a
+// needless demotion.
+void check_egress(sockmap_run& run, net::tcp::socket& from, net::tcp::socket& to) {
+    auto& d = run.of(from);
+    if (d.userspace || run.p.aborted) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - d.last_check < egress_check_interval) return;
+    d.last_check = now;
+    std::uint64_t queued = 0;
+    if (sys::bytes_queued_total(to.native_handle(), queued)) return;
+    const std::uint64_t taken = queued - d.to_inserted_total;
+    if (taken == d.budget_taken) return;  // nothing new: the ceiling stands
+    if (run.engine.set_budget(d.from_cookie, taken + egress_backlog_limit)) return;
+    d.budget_taken = taken;
+}
+
+// Waits until `to` has queued (taken into its send queue) at least `target()` bytes in total,
+// re-reading the target every round. Redirected bytes sit in `to`'s psock backlog until a
+// kworker sends them; no syscall reports that backlog, so byte counters tell when it is empty.
+template <typename Target>
+net::awaitable<bool> wait_queued(pair_state& p, net::tcp::socket& to, Target target) {
     using namespace std::chrono_literals;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
     // A slow reader keeps `to`'s send queue full and is bounded by the idle watchdog. No
@@ -29,16 +68,15 @@ net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp:
     auto last_progress = std::chrono::steady_clock::now();
     for (;;) {
         if (p.aborted) co_return false;
-        sys::tcp_stats src, dst;
+        sys::tcp_stats dst;
         int unsent = 0;
-        if (sys::tcp_stats_of(from.native_handle(), src) || sys::tcp_stats_of(to.native_handle(), dst) ||
-            sys::send_queue_bytes(to.native_handle(), unsent)) {
+        const std::optional<std::uint64_t> want = target();
+        if (!want || sys::tcp_stats_of(to.native_handle(), dst) || sys::send_queue_bytes(to.native_handle(), unsent)) {
             p.abort(end_reason::error);
             co_return false;
         }
         const std::uint64_t queued = dst.bytes_acked + static_cast<std::uint64_t>(unsent);  // bytes_queued_total()
-        const auto target = p.queued_base(to) + p.payload_received(from, src.bytes_received);
-        if (queued >= target) co_return true;
+        if (queued >= *want) co_return true;
         if (!dst.can_send()) {
             // The peer is gone (reset): what is still in its backlog can never be delivered.
             p.abort(p.reset_reason(to));
@@ -50,7 +88,7 @@ net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp:
             last_progress = now;
         } else if (unsent == 0 && now - last_progress > stranded_after) {
             // Never end this cleanly: a FIN now would pass a truncated stream off as complete.
-            p.stranded_bytes = target - queued;
+            p.stranded_bytes = *want - queued;
             p.abort(end_reason::error);
             co_return false;
         }
@@ -61,10 +99,64 @@ net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp:
     }
 }
 
-net::awaitable<void> sockmap_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
-    // Userspace sees only EOF, errors, and bytes the verdict passed after a peer miss (sticky,
-    // so copying them here keeps the order).
+// Before `from`'s EOF reaches `to`: `to` has taken every byte `from` received. Bytes userspace
+// copied (before insertion, after a demotion) are in both totals and cancel out.
+net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+    return wait_queued(p, to, [&p, &from, &to]() -> std::optional<std::uint64_t> {
+        sys::tcp_stats src;
+        if (sys::tcp_stats_of(from.native_handle(), src)) return std::nullopt;
+        return p.queued_base(to) + p.payload_received(from, src.bytes_received);
+    });
+}
+
+// Before userspace copies a demoted direction's first byte: `to` has taken every byte the
+// verdict redirected to it (final by then: the verdict saw this socket's skbs in order, and
+// passed the one userspace is about to read only after all the redirected ones).
+net::awaitable<bool> wait_redirected_taken(sockmap_run& run, net::tcp::socket& from, net::tcp::socket& to) {
+    auto& d = run.of(from);
+    return wait_queued(run.p, to, [&run, &d]() -> std::optional<std::uint64_t> {
+        std::uint64_t redirected = 0;
+        if (run.engine.redirected(d.from_cookie, redirected)) return std::nullopt;
+        return d.to_inserted_total + redirected;
+    });
+}
+
+enum class readable { no, eof_or_error, bytes };
+
+// Peeks without taking anything (it reads through the psock like a real read would).
+readable peek(net::tcp::socket& s) {
+    char byte;
+    const ssize_t n = ::recv(s.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return readable::bytes;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return readable::no;
+    return readable::eof_or_error;
+}
+
+// Waits until `from` has something for userspace: EOF, an error, or bytes the verdict passed.
+// Every other wake-up follows a redirect and runs the egress watchdog.
+net::awaitable<readable> wait_for_userspace(sockmap_run& run, net::tcp::socket& from, net::tcp::socket& to) {
+    for (;;) {
+        auto [ec] = co_await from.async_wait(net::tcp::socket::wait_read, net::use_tuple);
+        if (run.p.aborted) co_return readable::no;
+        if (ec) co_return readable::eof_or_error;  // the copy loop's read reports it
+        if (auto r = peek(from); r != readable::no) co_return r;
+        check_egress(run, from, to);
+    }
+}
+
+net::awaitable<void> sockmap_direction(sockmap_run& run, net::tcp::socket& from, net::tcp::socket& to) {
+    pair_state& p = run.p;
     // (g++ 12 miscompiles co_await inside an if condition: await into a variable first.)
+    const readable seen = co_await wait_for_userspace(run, from, to);
+    if (seen == readable::no) co_return;
+    if (seen == readable::bytes) {
+        // Passed bytes: this direction was demoted (peer miss or egress bound), for good.
+        run.of(from).userspace = true;
+        // From now on `to`'s send buffer is the backpressure: back to what a spliced socket has.
+        sys::set_send_buffer(to.native_handle(), demoted_send_buffer);
+        const bool drained = co_await wait_redirected_taken(run, from, to);
+        if (!drained) co_return;
+    }
     const bool eof = co_await copy_until_eof(p, from, to, &p.demoted_bytes);
     if (!eof) co_return;
     // FIN is not forwarded by the redirect: propagate it, once the peer holds every byte.
@@ -101,10 +193,11 @@ net::awaitable<forwarded> forward_queued(net::tcp::socket& from, net::tcp::socke
 // While neither socket has anything for userspace, waits with one group of plain operations (two
 // readiness waits and the idle timer) instead of a coroutine per direction and a watchdog: an idle
 // pair costs a few hundred bytes instead of several KiB of coroutine frames. Returns false when
-// the pair went idle past its timeout (aborted); true once a socket is readable (EOF, an error,
-// demoted bytes, or the wake-up the kernel sends after a redirect), for the full path to handle.
-net::awaitable<bool> wait_until_readable(pair_state& p) {
+// the pair went idle past its timeout (aborted); true once a socket has something for userspace
+// (EOF, an error, bytes passed by a demoted direction), for the full path to handle.
+static net::awaitable<bool> wait_until_readable(sockmap_run& run) {
     namespace ex = net::asio::experimental;
+    pair_state& p = run.p;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
     auto wait = p.idle;
     for (;;) {
@@ -115,24 +208,21 @@ net::awaitable<bool> wait_until_readable(pair_state& p) {
                                              timer.async_wait(net::asio::deferred))
                 .async_wait(ex::wait_for_one(), net::use_awaitable);
         if (order[0] != 2) {
-            // The kernel wakes readers after every redirect: only EOF, an error or bytes for
-            // userspace end the lean wait. A peek takes nothing from the socket (it reads through
-            // the psock like the direction loop's read would).
             auto& s = order[0] == 0 ? p.client : p.upstream;
-            char byte;
-            const ssize_t n = ::recv(s.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-            if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))) co_return true;
-            continue;  // spurious: keep waiting (the idle check runs when the timer fires)
+            if (peek(s) != readable::no) co_return true;
+            check_egress(run, s, run.peer_of(s));  // the wake-up the kernel sends after a redirect
+            continue;  // keep waiting (the idle check runs when the timer fires)
         }
         if (!idle_check(p, wait)) co_return false;
     }
 }
 
-net::awaitable<void> run_sockmap(pair_state& p) {
+net::awaitable<void> run_sockmap(pair_state& p, sockmap_engine& engine, const sockmap_pair& maps) {
+    sockmap_run run(p, engine, maps);
     // (g++ 12 miscompiles co_await inside an if condition: await into a variable first.)
-    const bool readable = co_await wait_until_readable(p);
+    const bool readable = co_await wait_until_readable(run);
     if (!readable) co_return;
-    co_await run_pair(p, sockmap_direction(p, p.client, p.upstream), sockmap_direction(p, p.upstream, p.client));
+    co_await run_pair(p, sockmap_direction(run, p.client, p.upstream), sockmap_direction(run, p.upstream, p.client));
 }
 
 }  // namespace spliced::datapath

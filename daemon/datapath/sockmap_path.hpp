@@ -24,8 +24,13 @@ net::awaitable<forwarded> forward_queued(net::tcp::socket& from, net::tcp::socke
                                          std::uint64_t soft_bound = forward_soft_bound,
                                          std::uint64_t hard_bound = forward_hard_bound);
 
-// Runs a pair already inserted by sockmap_engine::insert() until both directions end or it aborts.
-// The caller removes the pair from the maps afterwards.
-net::awaitable<void> run_sockmap(pair_state& p);
+// How often, at most, a pair's egress check raises a direction's ceiling (egress_backlog_limit).
+inline constexpr auto egress_check_interval = std::chrono::milliseconds(1);
+// Send buffer of a socket once the direction into it is demoted to userspace copy.
+inline constexpr int demoted_send_buffer = 2 << 20;
+
+// Runs a pair already inserted by sockmap_engine::insert() (`maps`: its entries) until both
+// directions end or it aborts. The caller removes the pair from the maps afterwards.
+net::awaitable<void> run_sockmap(pair_state& p, sockmap_engine& engine, const sockmap_pair& maps);
 
 }  // namespace spliced::datapath

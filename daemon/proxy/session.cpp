@@ -104,7 +104,7 @@ net::awaitable<datapath::kind> run_promoted(route_runtime& route, session_env en
     pair.client_queued_base = ins.pair.client_queued_base - pair.written_to_client;
     pair.upstream_queued_base = ins.pair.upstream_queued_base - pair.written_to_upstream;
     route.metrics.promoted();
-    co_await datapath::run_sockmap(pair);
+    co_await datapath::run_sockmap(pair, *env.engine, *in_map);
     co_return datapath::kind::sockmap;
 }
 
@@ -153,7 +153,7 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
         pair.upstream_queued_base = in_map->upstream_queued_base - early_from_client.bytes;
     }
     switch (path) {
-    case datapath::kind::sockmap: co_await datapath::run_sockmap(pair); break;
+    case datapath::kind::sockmap: co_await datapath::run_sockmap(pair, *env.engine, *in_map); break;
     case datapath::kind::splice:
         if (route->promote_to_sockmap && env.engine) {
             const bool promote = co_await datapath::run_splice_promotable(pair);
@@ -184,8 +184,8 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
         spdlog::error("conn {} route {}: {} redirected bytes never reached the peer socket; both sides reset",
                       id, route->cfg.name, pair.stranded_bytes);
     if (pair.demoted_bytes)
-        spdlog::info("conn {} route {}: {} bytes copied by userspace after a sockmap peer miss", id,
-                     route->cfg.name, pair.demoted_bytes);
+        spdlog::info("conn {} route {}: {} bytes copied by userspace after a sockmap demotion", id, route->cfg.name,
+                     pair.demoted_bytes);
     if (env.access_log)
         env.access_log->info("route={} client={} backend={} datapath={} duration_ms={} bytes_in={} bytes_out={} "
                              "end={}",

@@ -410,6 +410,11 @@ payload source_payload(std::uint64_t n) { return payload(0x50a3ce5eed000000ULL ^
 
 backend_server::backend_server(backend_kind kind) : kind_(kind) {
     listen_fd_ = listen_loopback(SOMAXCONN, false);
+    if (kind == backend_kind::slow_sink) {
+        // Inherited by accepted sockets: what the slow reader holds stays small and known.
+        int rcvbuf = 64 * 1024;  // the kernel doubles it
+        setsockopt(listen_fd_.get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+    }
     port_ = local_port(listen_fd_.get());
     acceptor_ = std::thread([this] { accept_loop(); });
 }
@@ -448,11 +453,14 @@ void backend_server::serve(int fd) {
     case backend_kind::banner:
         if (send_all(fd, banner_text.data(), banner_text.size())) echo_connection(fd, &bytes_received_);
         return;
-    case backend_kind::sink: {
+    case backend_kind::sink:
+    case backend_kind::slow_sink: {
         sha256 h;
         std::vector<char> buf(256 * 1024);
         for (;;) {
-            ssize_t n = recv(fd, buf.data(), buf.size(), 0);
+            const bool slow = kind_ == backend_kind::slow_sink && throttled_;
+            if (slow) std::this_thread::sleep_for(10ms);
+            ssize_t n = recv(fd, buf.data(), slow ? slow_sink_rate / 100 : buf.size(), 0);
             if (n == 0) break;
             if (n < 0) {
                 if (errno == EINTR) continue;

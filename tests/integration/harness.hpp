@@ -155,10 +155,13 @@ enum class backend_kind {
              // 32-byte digest until EOF and records whether it matches what it sent
     banner,  // sends banner_text on accept, then echoes
     reset,   // reads 64 KiB, then closes with SO_LINGER {1,0} (RST)
+    slow_sink,  // a sink that reads about slow_sink_rate bytes/s (128 KiB receive buffer) while throttled,
+                // then at full speed
 };
 
 inline constexpr std::string_view banner_text = "220 spliced-test ready\r\n";
 inline constexpr std::size_t reset_after_bytes = 64 * 1024;
+inline constexpr std::size_t slow_sink_rate = 1000 * 1000;
 payload source_payload(std::uint64_t n);
 
 // A backend of one kind on 127.0.0.1 (ephemeral port): an accept thread plus a thread per connection.
@@ -174,8 +177,11 @@ public:
     std::uint64_t accepted() const { return accepted_; }
     std::uint64_t source_matched() const { return source_matched_; }
     std::uint64_t source_mismatched() const { return source_mismatched_; }
-    // Bytes received by all connections so far (echo, banner, sink, reset).
+    // Bytes received by all connections so far (echo, banner, sink, reset, slow_sink).
     std::uint64_t bytes_received() const { return bytes_received_; }
+    // slow_sink: reads at full speed from now on (throttled again by throttle()).
+    void unthrottle() { throttled_ = false; }
+    void throttle() { throttled_ = true; }
 
 private:
     void accept_loop();
@@ -186,6 +192,7 @@ private:
     std::uint16_t port_ = 0;
     std::atomic<bool> stopping_{false};
     std::atomic<std::uint64_t> accepted_{0}, source_matched_{0}, source_mismatched_{0}, bytes_received_{0};
+    std::atomic<bool> throttled_{true};
     conn_threads conns_;
     std::thread acceptor_;
 };

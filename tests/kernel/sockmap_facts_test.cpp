@@ -115,6 +115,13 @@ std::uint64_t cookie_of(int fd) {
     return c;
 }
 
+// Lifts the egress bound of a pair: for cases about the redirect itself, past the 4 MiB a pair may run
+// ahead of its peer before the daemon's egress check raises the ceiling.
+void unbounded(const datapath::sockmap_pair& pair) {
+    for (auto cookie : {pair.client_cookie, pair.upstream_cookie})
+        REQUIRE_FALSE(engine().set_budget(cookie, UINT64_MAX));
+}
+
 // A proxied pair: client.inner <-> upstream.outer are the proxy's two sockets.
 struct proxied {
     loopback net;
@@ -249,17 +256,19 @@ TEST_CASE("a half-closed client (CLOSE_WAIT) cannot enter the map and never did,
     CHECK(read_for(p.client.inner.get(), 7, std::chrono::milliseconds(1000)) == "request");
 }
 
-TEST_CASE("removing a pair leaves no SOCKHASH or peer-map entry behind") {
+TEST_CASE("removing a pair leaves no SOCKHASH, peer-map or budget entry behind") {
     proxied p;
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     REQUIRE_FALSE(ins.error);
     std::uint64_t value = 0;
     spliced_peer_value peer{};
     CHECK(bpf_map_lookup_elem(engine().peers_fd(), &ins.pair.client_cookie, &peer) == 0);
+    CHECK(bpf_map_lookup_elem(engine().budget_fd(), &ins.pair.client_cookie, &value) == 0);
     engine().remove(ins.pair);
     for (auto cookie : {ins.pair.client_cookie, ins.pair.upstream_cookie}) {
         CHECK(bpf_map_lookup_elem(engine().sockhash_fd(), &cookie, &value) != 0);
         CHECK(bpf_map_lookup_elem(engine().peers_fd(), &cookie, &peer) != 0);
+        CHECK(bpf_map_lookup_elem(engine().budget_fd(), &cookie, &value) != 0);
     }
 }
 
@@ -267,6 +276,7 @@ TEST_CASE("redirected bytes count as taken by the peer only once they are in its
     proxied p;
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     REQUIRE_FALSE(ins.error);
+    unbounded(ins.pair);
     auto data = pattern(4 * 1024 * 1024, 4);
     std::thread writer([&] {
         send_all(p.client.outer.get(), data);
@@ -308,6 +318,7 @@ TEST_CASE("a FIN arriving while the socket's redirect backlog still holds bytes 
     proxied p;
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     REQUIRE_FALSE(ins.error);
+    unbounded(ins.pair);
     // Backend -> client, while the client reads nothing: the client socket's send buffer fills
     // and the rest waits in its psock backlog.
     auto data = pattern(16 * 1024 * 1024, 6);
@@ -320,5 +331,77 @@ TEST_CASE("a FIN arriving while the socket's redirect backlog still holds bytes 
     writer.join();
     CHECK(got.size() == data.size());
     CHECK(got == data);
+    engine().remove(ins.pair);
+}
+
+TEST_CASE("the redirect gives no backpressure, so a direction that reaches its egress ceiling is demoted: the "
+          "redirected bytes stop at the ceiling, the rest is passed to userspace in order, and it is counted") {
+    proxied p;
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    const auto demoted_before = engine().counter(SPLICED_CNT_EGRESS_DEMOTED);
+    // Nobody raises the ceiling (that is the daemon's egress check): past egress_backlog_limit the verdict
+    // must pass. Without the bound it would redirect all 12 MiB into the upstream's send buffer and backlog.
+    auto data = pattern(12 * 1024 * 1024, 10);
+    std::thread writer([&] { send_all(p.client.outer.get(), data); });
+    std::string redirected_side, passed;
+    std::uint64_t redirected = 0;
+    auto deadline = clock_type::now() + std::chrono::seconds(20);
+    char buf[65536];
+    while (clock_type::now() < deadline && redirected_side.size() + passed.size() < data.size()) {
+        pollfd fds[2] = {{p.client.inner.get(), POLLIN, 0}, {p.upstream.inner.get(), POLLIN, 0}};
+        if (::poll(fds, 2, 100) <= 0) continue;
+        if (fds[0].revents & POLLIN) {
+            ssize_t n = ::recv(fds[0].fd, buf, sizeof(buf), MSG_DONTWAIT);
+            if (n > 0) passed.append(buf, static_cast<std::size_t>(n));
+        }
+        if (fds[1].revents & POLLIN) {
+            ssize_t n = ::recv(fds[1].fd, buf, sizeof(buf), MSG_DONTWAIT);
+            if (n > 0) redirected_side.append(buf, static_cast<std::size_t>(n));
+        }
+    }
+    writer.join();
+    REQUIRE_FALSE(engine().redirected(ins.pair.client_cookie, redirected));
+    CHECK(redirected <= datapath::egress_backlog_limit);
+    CHECK(redirected_side.size() == redirected);
+    CHECK(redirected_side.size() + passed.size() == data.size());
+    CHECK(redirected_side + passed == data);
+    CHECK(engine().counter(SPLICED_CNT_EGRESS_DEMOTED) - demoted_before == 1);
+    engine().remove(ins.pair);
+}
+
+TEST_CASE("raising a direction's egress ceiling as the peer takes bytes keeps a transfer past the first ceiling on "
+          "the redirect path") {
+    proxied p;
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    const auto demoted_before = engine().counter(SPLICED_CNT_EGRESS_DEMOTED);
+    auto data = pattern(12 * 1024 * 1024, 11);
+    // Paced (~100 MB/s): a sender that outruns the kworker filling the peer's send queue legitimately
+    // reaches the ceiling however fast the peer reads; that is the case above.
+    std::thread writer([&] {
+        for (std::size_t off = 0; off < data.size(); off += 128 * 1024) {
+            send_all(p.client.outer.get(), data.substr(off, 128 * 1024));
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+    });
+    std::string got;
+    auto deadline = clock_type::now() + std::chrono::seconds(20);
+    char buf[65536];
+    while (clock_type::now() < deadline && got.size() < data.size()) {
+        // What the daemon's egress check does, here after every read: ceiling = taken + limit.
+        std::uint64_t queued = 0;
+        REQUIRE_FALSE(sys::bytes_queued_total(p.upstream.outer.get(), queued));
+        REQUIRE_FALSE(engine().set_budget(ins.pair.client_cookie,
+                                          queued - ins.pair.upstream_queued_base + datapath::egress_backlog_limit));
+        pollfd fd{p.upstream.inner.get(), POLLIN, 0};
+        if (::poll(&fd, 1, 100) <= 0) continue;
+        ssize_t n = ::recv(fd.fd, buf, sizeof(buf), MSG_DONTWAIT);
+        if (n > 0) got.append(buf, static_cast<std::size_t>(n));
+    }
+    writer.join();
+    CHECK(got.size() == data.size());
+    CHECK(got == data);
+    CHECK(engine().counter(SPLICED_CNT_EGRESS_DEMOTED) == demoted_before);
     engine().remove(ins.pair);
 }
