@@ -20,6 +20,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -582,7 +583,7 @@ void held_listener::stop() {
 
 daemon_process::daemon_process(const std::string& binary, const std::string& config_path,
                                const std::string& log_path, const std::string& notify_path,
-                               std::chrono::milliseconds ready_budget)
+                               std::chrono::milliseconds ready_budget, unsigned long nofile)
     : log_path_(log_path) {
     // Everything the child needs is prepared before fork(): the test process has threads.
     std::vector<std::string> args = {binary, "--config", config_path};
@@ -621,6 +622,10 @@ daemon_process::daemon_process(const std::string& binary, const std::string& con
         dup2(log.get(), 1);
         dup2(log.get(), 2);
         close_range(3, ~0U, 0);
+        if (nofile) {
+            rlimit limit{nofile, nofile};
+            if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(125);
+        }
         signal(SIGPIPE, SIG_DFL);  // the test process ignores it; exec would keep that
         sigset_t none;
         sigemptyset(&none);

@@ -232,9 +232,10 @@ void echo_connection(int fd, std::atomic<std::uint64_t>* counter = nullptr);
 class daemon_process {
 public:
     // Starts `binary --config config_path` and waits for READY=1 (throws std::runtime_error with the log tail
-    // if it exits first or the budget passes).
+    // if it exits first or the budget passes). A non-zero `nofile` is the daemon's RLIMIT_NOFILE (soft and hard).
     daemon_process(const std::string& binary, const std::string& config_path, const std::string& log_path,
-                   const std::string& notify_path, std::chrono::milliseconds ready_budget = 15s);
+                   const std::string& notify_path, std::chrono::milliseconds ready_budget = 15s,
+                   unsigned long nofile = 0);
     ~daemon_process();
     daemon_process(const daemon_process&) = delete;
     daemon_process& operator=(const daemon_process&) = delete;
