@@ -53,8 +53,7 @@ awaitable<connect_outcome> connect_upstream(const config::address& addr, std::ch
     // Out of descriptors, the client is already in: wait for a descriptor (looking again every
     // 10 ms, within the connect timeout) rather than close a client that a moment later could have
     // been served. Meanwhile the accept loops hold off, so the next free descriptor comes here.
-    awaiting_guard waiting;
-    for (;;) {
+    for (awaiting_guard waiting;;) {  // counted only until the socket is open
         boost::system::error_code ec;
         socket.open(endpoint.protocol(), ec);
         if (!ec) break;
