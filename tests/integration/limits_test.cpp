@@ -95,6 +95,26 @@ void set_soft_nofile(pid_t pid, rlim_t soft) {
     REQUIRE(prlimit(pid, RLIMIT_NOFILE, &now, nullptr) == 0);
 }
 
+// UBSan reports in a log: how many are the vptr check's false positive when no descriptor is left (see
+// one_route_daemon::environment); any other report is returned in `others`.
+int tolerated_sanitizer_reports(const std::string& path, std::string& others) {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(std::move(line));
+    int tolerated = 0;
+    for (std::size_t i = 0; i < lines.size(); ++i) {
+        if (lines[i].find("runtime error:") == std::string::npos) continue;
+        const bool no_descriptor_vptr = lines[i].find("which does not point to an object of type") != std::string::npos &&
+                                        i + 2 < lines.size() && lines[i + 1].find("invalid vptr") != std::string::npos &&
+                                        lines[i + 2].find("<memory cannot be printed>") != std::string::npos;
+        if (no_descriptor_vptr)
+            ++tolerated;
+        else
+            others += lines[i] + "\n";
+    }
+    return tolerated;
+}
+
 std::size_t count_lines(const std::string& path, std::string_view needle) {
     std::ifstream in(path);
     std::size_t n = 0;
@@ -140,7 +160,7 @@ public:
             try {
                 daemon_ = std::make_unique<daemon_process>(settings().binary, dir_.file("spliced.yaml"),
                                                            dir_.file("spliced.log"), dir_.file("notify.sock"), 15s,
-                                                           opts_.nofile);
+                                                           process_options{opts_.nofile, environment()});
                 break;
             } catch (const std::exception& e) {
                 if (attempt < 3 && std::string(e.what()).find("in use") != std::string::npos) continue;
@@ -189,6 +209,18 @@ public:
     }
 
 private:
+    // UBSan's vptr check proves an object readable by writing it into a pipe (IsAccessibleMemoryRange): out of
+    // descriptors, pipe() fails and the check reports a valid object as one with an invalid vptr whose memory
+    // "cannot be printed" (suppressions do not apply: they match the type read through that vptr). A daemon
+    // meant to run out of descriptors keeps running past UBSan reports; the case then fails on any report but
+    // that one (see tolerated_sanitizer_reports). No effect on a build without UBSan.
+    std::vector<std::string> environment() const {
+        if (!opts_.nofile) return {};
+        const char* mine = std::getenv("UBSAN_OPTIONS");
+        std::string options = mine && *mine ? std::string(mine) + ":" : std::string();
+        return {"UBSAN_OPTIONS=" + options + "halt_on_error=0"};
+    }
+
     std::string config_text() const {
         const char* level = std::getenv("SPLICED_TEST_LOG_LEVEL");
         std::ostringstream y;
@@ -377,11 +409,11 @@ TEST_CASE("out of descriptors, spliced pauses accepting without spinning, keeps 
           "[limits][fd]") {
     ANNOUNCE_DATAPATH();
     // The daemon starts with 128 descriptors; once its held connections are in, its soft limit is lowered to
-    // leave exactly 2 connections and 2 descriptors. A burst then fills it: 2 connections fit; a third gets
-    // its two sockets but (on splice) no pipe, so it must run on copy; after that accept() fails (EMFILE) and
-    // everyone else waits in the listen queue. Then the limit is raised by one: spliced accepts one more client
-    // but cannot open its upstream socket, which it must wait for up to the connect timeout (2 s), without
-    // accepting anyone else meanwhile.
+    // leave room for two connections and two descriptors more (three connections without pipes). A burst fills
+    // that: on splice, a pair that gets its two sockets but no pipe must run on copy; then accept() fails
+    // (EMFILE) and everyone else waits in the listen queue. Then the limit is raised by one: spliced accepts
+    // one more client but cannot open its upstream socket, which it must wait for up to the connect timeout
+    // (2 s), without accepting anyone else meanwhile.
     constexpr unsigned long start_limit = 128;
     constexpr int held_n = 4, burst_n = 200, give_up_n = 20;
     const int per_connection = starts_on_splice() ? 6 : 2;  // two sockets, and two pipes on splice
@@ -524,6 +556,12 @@ TEST_CASE("out of descriptors, spliced pauses accepting without spinning, keeps 
     const auto fallbacks = fallbacks_by_reason(d);
     const auto warnings = warned();
     CHECK(d.process().stop(20s) == 0);
+    std::string sanitizer_reports;
+    const int vptr_false_positives = tolerated_sanitizer_reports(d.process().log_path(), sanitizer_reports);
+    CHECK(sanitizer_reports == "");
+    if (vptr_false_positives)
+        std::cout << "  (" << vptr_false_positives << " UBSan vptr report(s) made while no descriptor was left for "
+                  << "its pipe check: ignored)" << std::endl;
     std::cout << "[" << datapath() << "] fd exhaustion: RLIMIT_NOFILE " << start_limit << ", lowered to " << limit
               << " (" << spare << " spare past " << held_n << " held connections), then " << limit + 1
               << "; burst of " << burst_n << ": " << at_once.served << " served at once, " << at_once.waiting
