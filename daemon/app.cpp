@@ -15,6 +15,9 @@
 
 namespace spliced {
 
+static_assert(config::sockmap_config{}.capacity == datapath::default_capacity,
+              "the config's default sockmap capacity is what the BPF object declares");
+
 namespace {
 
 // One thread with its own io_context and its own SO_REUSEPORT listeners.
@@ -88,10 +91,13 @@ void app::impl::choose_datapaths() {
     std::optional<datapath::probe_report> report;
     if (wants_sockmap) {
         report.emplace();
-        engine = datapath::probe_sockmap(*report);
+        engine = datapath::probe_sockmap(*report, cfg.sockmap.capacity);
         for (const auto& c : report->checks)
             spdlog::info("sockmap probe: {}: {} ({})", c.name, c.ok ? "ok" : "FAILED", c.detail);
         spdlog::info("{}", report->summary);
+        if (engine)
+            spdlog::info("sockmap: room for {} connections ({} entries per map); past it, new ones run on splice",
+                         engine->capacity(), 2ull * engine->capacity());
         bool forced = false;
         for (const auto& r : cfg.routes) forced |= r.datapath == config::datapath_kind::sockmap;
         if (engine && !report->usable) {

@@ -53,6 +53,13 @@ struct log_config {
     std::string access_log = "stdout";  // "stdout", "off" or a file path
 };
 
+// The sockmap data path's BPF maps, sized once at start.
+struct sockmap_config {
+    // Connections on the sockmap path at once (two map entries each); past it, new ones run on
+    // splice. The default is what the BPF object declares (SPLICED_MAP_CAPACITY entries).
+    std::uint32_t capacity = 65536;
+};
+
 struct config {
     std::string source;  // file the config was read from
     datapath_kind datapath = datapath_kind::auto_select;
@@ -60,6 +67,7 @@ struct config {
     std::chrono::milliseconds drain_timeout{30 * 1000};
     metrics_config metrics;
     log_config log;
+    sockmap_config sockmap;
     std::vector<route> routes;
 };
 

@@ -151,7 +151,8 @@ public:
 
     config read(const YAML::Node& root) {
         if (!root.IsMap()) fail(root, std::string("the config must be a mapping of keys, not ") + kind_of(root));
-        mapping top(*this, root, "the config", {"datapath", "workers", "drain_timeout", "metrics", "log", "routes"});
+        mapping top(*this, root, "the config",
+                    {"datapath", "workers", "drain_timeout", "metrics", "log", "sockmap", "routes"});
         config c;
         c.source = source_;
         if (auto f = top.get("datapath")) c.datapath = datapath(*f);
@@ -171,6 +172,10 @@ public:
                 c.log.access_log = scalar(*lf);
                 if (c.log.access_log.empty()) fail(lf->value, "log.access_log must be stdout, off or a file path");
             }
+        }
+        if (auto f = top.get("sockmap")) {
+            mapping s(*this, map_value(*f), "sockmap", {"capacity"});
+            if (auto sf = s.get("capacity")) c.sockmap.capacity = capacity(*sf);
         }
         auto routes = top.require("routes");
         const YAML::Node& list = value(routes);
@@ -305,6 +310,18 @@ private:
         if (v.empty() || v.size() > 4 || v.find_first_not_of("0123456789") != std::string::npos || std::stoul(v) > 1024)
             fail(f.value, "workers must be a whole number from 0 (one per CPU) to 1024 (got '" + v + "')");
         return static_cast<unsigned>(std::stoul(v));
+    }
+
+    // At most 2^20 connections (2^21 entries per map): past any RLIMIT_NOFILE Linux allows, and the
+    // SOCKHASH allocates its buckets for all of them at load.
+    std::uint32_t capacity(const field& f) const {
+        constexpr unsigned long most = 1ul << 20;
+        auto v = scalar(f);
+        if (v.empty() || v.size() > 7 || v.find_first_not_of("0123456789") != std::string::npos || std::stoul(v) == 0 ||
+            std::stoul(v) > most)
+            fail(f.value, f.what + " must be a whole number of connections from 1 to " + std::to_string(most) +
+                              " (got '" + v + "')");
+        return static_cast<std::uint32_t>(std::stoul(v));
     }
 
     void balance(const field& f) const {

@@ -18,6 +18,16 @@ const char* to_string(kind k) {
     return "?";
 }
 
+const char* to_string(fallback_reason r) {
+    switch (r) {
+    case fallback_reason::map_full: return "map_full";
+    case fallback_reason::not_established: return "not_established";
+    case fallback_reason::busy_sender: return "busy_sender";
+    case fallback_reason::error: return "error";
+    }
+    return "?";
+}
+
 const char* to_string(end_reason r) {
     switch (r) {
     case end_reason::completed: return "completed";

@@ -15,6 +15,13 @@ class sockmap_engine;
 enum class kind { sockmap, splice, copy };
 const char* to_string(kind k);
 
+// Why a pair meant for the sockmap path (a sockmap route, or an auto promotion) stayed off it:
+// the map was at capacity, a socket was no longer ESTABLISHED, the sender never let its queue run
+// dry, or another error. The `reason` label of spliced_sockmap_fallbacks_total.
+enum class fallback_reason { map_full, not_established, busy_sender, error };
+inline constexpr std::size_t fallback_reason_count = 4;
+const char* to_string(fallback_reason r);
+
 // How a proxied pair ended.
 enum class end_reason { completed, idle_timeout, client_reset, upstream_reset, error, shutdown };
 const char* to_string(end_reason r);

@@ -167,13 +167,13 @@ std::string self_test(sockmap_engine& engine) {
 
 }  // namespace
 
-std::unique_ptr<sockmap_engine> probe_sockmap(probe_report& report) {
+std::unique_ptr<sockmap_engine> probe_sockmap(probe_report& report, std::uint32_t capacity) {
     auto kernel = running_kernel();
     bool floor_ok = kernel_meets_floor(kernel);
     report.checks.push_back({"kernel floor", floor_ok,
                              kernel.release + (floor_ok ? " >= 6.16 (or 6.12.34+)" : " is below 6.16 / 6.12.34")});
     std::string error;
-    auto engine = sockmap_engine::load(error);
+    auto engine = sockmap_engine::load(capacity, error);
     report.checks.push_back({"BPF load + SOCKHASH + verdict attach", engine != nullptr,
                              engine ? "sk_skb/stream_verdict attached to a SOCKHASH" : error});
     report.loaded = engine != nullptr;

@@ -30,8 +30,9 @@ struct probe_report {
     std::string summary;       // one line: why sockmap is or is not used
 };
 
-// Loads the engine and runs the self-test on a loopback pair. Returns the engine when it loaded
-// (even if the self-test failed: a forced `datapath: sockmap` may still use it), else nullptr.
-std::unique_ptr<sockmap_engine> probe_sockmap(probe_report& report);
+// Loads the engine with room for `capacity` connections and runs the self-test on a loopback
+// pair. Returns the engine when it loaded (even if the self-test failed: a forced
+// `datapath: sockmap` may still use it), else nullptr.
+std::unique_ptr<sockmap_engine> probe_sockmap(probe_report& report, std::uint32_t capacity = default_capacity);
 
 }  // namespace spliced::datapath

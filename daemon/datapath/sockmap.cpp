@@ -23,13 +23,38 @@ std::error_code bpf_error(int ret) {
     return {ret < 0 ? -ret : errno, std::system_category()};
 }
 
+// The SOCKHASH refuses a socket that is no longer ESTABLISHED with EOPNOTSUPP: a FIN that arrived
+// after the state check. Say so, like the check itself would have.
+std::error_code sockhash_error(int ret, int fd) {
+    auto ec = bpf_error(ret);
+    sys::tcp_stats st;
+    if (ec.value() == EOPNOTSUPP && !sys::tcp_stats_of(fd, st) && !st.established())
+        return std::make_error_code(std::errc::not_connected);
+    return ec;
+}
+
 }  // namespace
 
-std::unique_ptr<sockmap_engine> sockmap_engine::load(std::string& error) {
+std::unique_ptr<sockmap_engine> sockmap_engine::load(std::uint32_t capacity, std::string& error) {
     std::unique_ptr<sockmap_engine> engine(new sockmap_engine());
-    engine->skel_ = splice_bpf::open_and_load();
+    engine->skel_ = splice_bpf::open();
     if (!engine->skel_) {
-        error = std::string("loading the BPF object failed: ") + std::strerror(errno);
+        error = std::string("opening the BPF object failed: ") + std::strerror(errno);
+        return nullptr;
+    }
+    // Every map declared with SPLICED_MAP_CAPACITY entries holds one entry per socket in the
+    // SOCKHASH: size them all alike, so the peer map fills up exactly when the SOCKHASH does.
+    bpf_map* map;
+    bpf_object__for_each_map(map, engine->skel_->obj) {
+        if (bpf_map__max_entries(map) != SPLICED_MAP_CAPACITY) continue;
+        if (int r = bpf_map__set_max_entries(map, 2 * capacity); r != 0) {
+            error = std::string("sizing BPF map ") + bpf_map__name(map) + " failed: " + std::strerror(-r);
+            return nullptr;
+        }
+    }
+    engine->capacity_ = capacity;
+    if (int r = splice_bpf::load(engine->skel_); r != 0) {
+        error = std::string("loading the BPF object failed: ") + std::strerror(-r);
         return nullptr;
     }
     // The skeleton's attach() skips sk_skb programs: attach the verdict to the map by hand.
@@ -106,14 +131,20 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
     spliced_peer_value to_upstream{pair.upstream_cookie, 0, 0};
     spliced_peer_value to_client{pair.client_cookie, 0, 0};
     int peers = peers_fd();
+    // A full hash map (or SOCKHASH) refuses a new key with E2BIG. The peer map goes first: the
+    // SOCKHASH never holds more entries than it, so at capacity no socket enters the SOCKHASH.
     if (int r = bpf_map_update_elem(peers, &pair.client_cookie, &to_upstream, BPF_NOEXIST); r != 0) {
+        auto ec = bpf_error(r);
         ungate();
-        return fail(bpf_error(r), "peer map insert");
+        out.map_full = ec.value() == E2BIG;
+        return fail(ec, "peer map insert");
     }
     if (int r = bpf_map_update_elem(peers, &pair.upstream_cookie, &to_client, BPF_NOEXIST); r != 0) {
+        auto ec = bpf_error(r);
         bpf_map_delete_elem(peers, &pair.client_cookie);
         ungate();
-        return fail(bpf_error(r), "peer map insert");
+        out.map_full = ec.value() == E2BIG;
+        return fail(ec, "peer map insert");
     }
     // Nothing redirected yet: each direction may run egress_backlog_limit ahead of its peer.
     for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) {
@@ -126,17 +157,19 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
     int hash = sockhash_fd();
     std::uint64_t fd64 = static_cast<std::uint64_t>(client_fd);
     if (int r = bpf_map_update_elem(hash, &pair.client_cookie, &fd64, BPF_NOEXIST); r != 0) {
-        auto ec = bpf_error(r);
+        auto ec = sockhash_error(r, client_fd);
         remove(pair);  // the client's insert failed: only peer and budget entries to drop
         ungate();
+        out.map_full = ec.value() == E2BIG;
         return fail(ec, "SOCKHASH insert (client)");
     }
     fd64 = static_cast<std::uint64_t>(upstream_fd);
     if (int r = bpf_map_update_elem(hash, &pair.upstream_cookie, &fd64, BPF_NOEXIST); r != 0) {
-        auto ec = bpf_error(r);
+        auto ec = sockhash_error(r, upstream_fd);
         remove(pair);
         ungate();
         out.entered_map = true;
+        out.map_full = ec.value() == E2BIG;
         return fail(ec, "SOCKHASH insert (upstream)");
     }
     // Lowering the mark calls sk_data_ready: the verdict now runs on whatever was queued before

@@ -26,6 +26,7 @@ struct sockmap_pair {
 struct insert_outcome {
     std::error_code error;       // empty on success
     bool entered_map = false;    // a socket entered the map: it must not be spliced afterwards
+    bool map_full = false;       // refused because the maps are at capacity (E2BIG)
     std::string what;            // which step failed, for the log
     sockmap_pair pair;
 };
@@ -48,17 +49,21 @@ inline constexpr int egress_send_buffer = 16 << 20;
 // direction is thus at most this limit + the peer's send buffer + the receiving socket's
 // receive buffer (the last two as on every data path).
 inline constexpr std::uint64_t egress_backlog_limit = 4 << 20;
+// Connections the maps hold unless the config says otherwise (two entries each).
+inline constexpr std::uint32_t default_capacity = SPLICED_MAP_CAPACITY / 2;
 
 class sockmap_engine {
 public:
-    // Opens and loads the skeleton and attaches the verdict program to the SOCKHASH.
-    static std::unique_ptr<sockmap_engine> load(std::string& error);
+    // Opens the skeleton, sizes the per-socket maps for `capacity` connections, loads it and
+    // attaches the verdict program to the SOCKHASH.
+    static std::unique_ptr<sockmap_engine> load(std::uint32_t capacity, std::string& error);
     ~sockmap_engine();
     sockmap_engine(const sockmap_engine&) = delete;
     sockmap_engine& operator=(const sockmap_engine&) = delete;
 
     // Puts two ESTABLISHED sockets into the maps, redirecting each one's bytes to the other,
-    // with no verdict run before both are in, then kicks bytes already queued.
+    // with no verdict run before both are in, then kicks bytes already queued. At capacity the
+    // peer map refuses the first entry, so no socket enters the SOCKHASH (map_full, splice).
     insert_outcome insert(int client_fd, int upstream_fd);
     // Deletes both sockets' SOCKHASH, peer and budget entries (idempotent).
     void remove(const sockmap_pair& pair);
@@ -74,11 +79,13 @@ public:
     int sockhash_fd() const;
     int peers_fd() const;
     int budget_fd() const;
+    std::uint32_t capacity() const { return capacity_; }
 
 private:
     sockmap_engine() = default;
     splice_bpf* skel_ = nullptr;
     int ncpus_ = 1;
+    std::uint32_t capacity_ = default_capacity;
 };
 
 }  // namespace spliced::datapath

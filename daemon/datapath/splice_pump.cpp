@@ -18,11 +18,6 @@ constexpr int pipe_size = 256 * 1024;
 constexpr std::size_t pool_limit = 64;
 constexpr unsigned splice_flags = SPLICE_F_MOVE | SPLICE_F_NONBLOCK;
 
-struct pipe_pair {
-    sys::unique_fd read_end;
-    sys::unique_fd write_end;
-};
-
 // Empty pipes kept per worker thread; a pipe that still holds bytes is never returned.
 class pipe_pool {
 public:
@@ -56,16 +51,11 @@ struct direction_probe {
     bool done = false;    // ended (EOF forwarded, or the pair aborted)
 };
 
-net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
+net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to, pipe_pair pipe,
                                       direction_probe* probe = nullptr) {
     direction_probe unused;
     direction_probe& state = probe ? *probe : unused;
     std::uint64_t& written = &to == &p.client ? p.written_to_client : p.written_to_upstream;
-    pipe_pair pipe;
-    if (pool.get(pipe)) {
-        p.abort(end_reason::error);
-        co_return;
-    }
     const int in = from.native_handle();
     const int out = to.native_handle();
     std::size_t in_pipe = 0;
@@ -174,15 +164,26 @@ net::awaitable<void> promoter(pair_state& p, const direction_probe& forward, con
 
 }  // namespace
 
-net::awaitable<bool> run_splice_promotable(pair_state& p) {
+std::error_code take_pipes(splice_pipes& out) {
+    if (auto ec = pool.get(out.forward)) return ec;
+    if (auto ec = pool.get(out.backward)) {
+        out.forward = {};  // closed, not pooled: out of descriptors, every one freed counts
+        return ec;
+    }
+    return {};
+}
+
+net::awaitable<bool> run_splice_promotable(pair_state& p, splice_pipes pipes) {
     direction_probe forward, backward;
-    co_await run_pair(p, splice_direction(p, p.client, p.upstream, &forward),
-                      splice_direction(p, p.upstream, p.client, &backward), promoter(p, forward, backward));
+    co_await run_pair(p, splice_direction(p, p.client, p.upstream, std::move(pipes.forward), &forward),
+                      splice_direction(p, p.upstream, p.client, std::move(pipes.backward), &backward),
+                      promoter(p, forward, backward));
     co_return p.promoting && !p.aborted;
 }
 
-net::awaitable<void> run_splice(pair_state& p) {
-    co_await run_pair(p, splice_direction(p, p.client, p.upstream), splice_direction(p, p.upstream, p.client));
+net::awaitable<void> run_splice(pair_state& p, splice_pipes pipes) {
+    co_await run_pair(p, splice_direction(p, p.client, p.upstream, std::move(pipes.forward)),
+                      splice_direction(p, p.upstream, p.client, std::move(pipes.backward)));
 }
 
 bool splice_available() {

@@ -35,4 +35,15 @@ std::shared_ptr<spdlog::logger> make_access_log(const config::log_config& cfg) {
     return logger;
 }
 
+bool once_per::allow(std::uint64_t& held_back) {
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    auto next = next_.load(std::memory_order_relaxed);
+    if (now >= next && next_.compare_exchange_strong(next, now + period_.count(), std::memory_order_relaxed)) {
+        held_back = held_back_.exchange(0, std::memory_order_relaxed);
+        return true;
+    }
+    held_back_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+}
+
 }  // namespace spliced::log

@@ -17,6 +17,7 @@ const char* to_string(connect_error e) {
     case connect_error::timeout: return "timeout";
     case connect_error::unreachable: return "unreachable";
     case connect_error::other: return "other";
+    case connect_error::local: return "local";
     }
     return "other";
 }
@@ -31,6 +32,10 @@ void route_metrics::connection_closed() const { active->Decrement(); }
 
 void route_metrics::promoted() const { promotions->Increment(); }
 
+void route_metrics::sockmap_fallback(datapath::fallback_reason why) const {
+    sockmap_fallbacks[static_cast<std::size_t>(why)]->Increment();
+}
+
 void route_metrics::connect_failed(std::size_t backend, connect_error e) const {
     connect_errors.at(backend)[static_cast<std::size_t>(e)]->Increment();
 }
@@ -42,6 +47,7 @@ struct registry::families {
     prometheus::Family<prometheus::Counter>& upstream_connect_errors_total;
     prometheus::Family<prometheus::Gauge>& build_info;
     prometheus::Family<prometheus::Counter>& sockmap_promotions_total;
+    prometheus::Family<prometheus::Counter>& sockmap_fallbacks_total;
 
     explicit families(prometheus::Registry& r)
         : connections_total(prometheus::BuildCounter()
@@ -63,7 +69,12 @@ struct registry::families {
           sockmap_promotions_total(prometheus::BuildCounter()
                                        .Name("spliced_sockmap_promotions_total")
                                        .Help("Connections of a datapath auto route moved from splice to sockmap")
-                                       .Register(r)) {}
+                                       .Register(r)),
+          sockmap_fallbacks_total(prometheus::BuildCounter()
+                                      .Name("spliced_sockmap_fallbacks_total")
+                                      .Help("Connections meant for sockmap (or an auto promotion) that stayed on "
+                                            "splice or copy, by reason")
+                                      .Register(r)) {}
 };
 
 // Counters whose value lives elsewhere (BPF maps) and is read when scraped.
@@ -108,6 +119,9 @@ route_metrics registry::add_route(const config::route& r) {
             &families_->connections_total.Add({{"route", r.name}, {"datapath", datapath::to_string(k)}});
     m.active = &families_->connections_active.Add({{"route", r.name}});
     m.promotions = &families_->sockmap_promotions_total.Add({{"route", r.name}});
+    for (std::size_t i = 0; i < datapath::fallback_reason_count; ++i)
+        m.sockmap_fallbacks[i] = &families_->sockmap_fallbacks_total.Add(
+            {{"route", r.name}, {"reason", datapath::to_string(static_cast<datapath::fallback_reason>(i))}});
     for (const auto& b : r.backends) {
         std::array<prometheus::Counter*, connect_error_count> per_reason{};
         for (std::size_t i = 0; i < connect_error_count; ++i)

@@ -19,9 +19,10 @@ class Exposer;
 
 namespace spliced::metrics {
 
-// Why an upstream connect failed (the `reason` label).
-enum class connect_error { refused, timeout, unreachable, other };
-inline constexpr std::size_t connect_error_count = 4;
+// Why an upstream connect failed (the `reason` label). `local`: spliced could not open the socket
+// (out of descriptors or socket memory) within the connect timeout; no backend was at fault.
+enum class connect_error { refused, timeout, unreachable, other, local };
+inline constexpr std::size_t connect_error_count = 5;
 const char* to_string(connect_error e);
 
 // Handles of one route's series, created once at startup.
@@ -29,6 +30,7 @@ struct route_metrics {
     std::array<prometheus::Counter*, 3> connections{};  // by datapath::kind
     prometheus::Gauge* active = nullptr;
     prometheus::Counter* promotions = nullptr;
+    std::array<prometheus::Counter*, datapath::fallback_reason_count> sockmap_fallbacks{};
     // [backend index][connect_error]
     std::vector<std::array<prometheus::Counter*, connect_error_count>> connect_errors;
 
@@ -36,6 +38,7 @@ struct route_metrics {
     void connection_handed_off(datapath::kind k) const;
     void connection_closed() const;
     void promoted() const;  // a splice connection moved to sockmap
+    void sockmap_fallback(datapath::fallback_reason why) const;  // stayed off sockmap
     void connect_failed(std::size_t backend, connect_error e) const;
 };
 

@@ -2,8 +2,11 @@
 #include "net/listener.hpp"
 
 #include "net/endpoint.hpp"
+#include "net/upstream.hpp"
 
 #include <boost/asio/detail/socket_option.hpp>
+#include <chrono>
+#include <optional>
 #include <spdlog/spdlog.h>
 #include <stdexcept>
 #include <sys/socket.h>
@@ -26,8 +29,21 @@ tcp::acceptor open_listener(asio::io_context& io, const config::address& addr) {
 }
 
 awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<void(tcp::socket)> on_accept) {
+    using clock = std::chrono::steady_clock;
     asio::steady_timer pause(co_await asio::this_coro::executor);
+    // Out of descriptors, the pending connection stays in the listen queue (its client waits) and
+    // the listener stays readable: retrying at once would spin. Warned at most every 10 s, with the
+    // number of pauses since, not at every retry.
+    std::optional<clock::time_point> last_warning;
+    unsigned pauses = 0;
     while (acceptor.is_open()) {
+        if (sessions_awaiting_descriptor() > 0) {
+            // Clients already in wait for a descriptor for their upstream: let them have the next
+            // ones that free up, or accepted clients would pile up holding one each and no backend.
+            pause.expires_after(std::chrono::milliseconds(10));
+            co_await pause.async_wait(use_tuple);
+            continue;
+        }
         auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
         if (!ec) {
             on_accept(std::move(socket));
@@ -36,7 +52,15 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<void(tcp::soc
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;
         if (ec == asio::error::no_descriptors || ec.value() == ENFILE || ec == asio::error::no_buffer_space ||
             ec == asio::error::no_memory) {
-            spdlog::warn("accept: {}; pausing accepts for 100 ms", ec.message());
+            const auto now = clock::now();
+            if (!last_warning || now - *last_warning >= std::chrono::seconds(10)) {
+                spdlog::warn("accept: {}; pausing accepts for 100 ms at a time, clients wait in the listen queue "
+                             "({} pauses since the last warning)",
+                             ec.message(), pauses);
+                last_warning = now;
+                pauses = 0;
+            }
+            ++pauses;
             pause.expires_after(std::chrono::milliseconds(100));
             co_await pause.async_wait(use_tuple);
             continue;

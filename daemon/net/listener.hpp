@@ -12,7 +12,8 @@ namespace spliced::net {
 tcp::acceptor open_listener(asio::io_context& io, const config::address& addr);
 
 // Accepts until the acceptor is closed, handing each socket to `on_accept`. Running out of
-// descriptors pauses accepting for 100 ms instead of ending the loop.
+// descriptors pauses accepting for 100 ms instead of ending the loop; while accepted sessions wait
+// for a descriptor (sessions_awaiting_descriptor), it holds off in 10 ms steps.
 awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<void(tcp::socket)> on_accept);
 
 }  // namespace spliced::net

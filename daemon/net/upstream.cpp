@@ -3,6 +3,10 @@
 
 #include "net/endpoint.hpp"
 
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+
 namespace spliced::net {
 
 namespace {
@@ -15,14 +19,55 @@ metrics::connect_error classify(const boost::system::error_code& ec) {
     return metrics::connect_error::other;
 }
 
+// Opening a socket failed for want of a descriptor or socket memory: nothing to do with the backend.
+bool out_of_resources(const boost::system::error_code& ec) {
+    return ec == asio::error::no_descriptors || ec == asio::error::no_buffer_space || ec == asio::error::no_memory ||
+           (ec.category() == boost::system::system_category() && ec.value() == ENFILE);
+}
+
+std::atomic<int> awaiting_descriptor{0};
+
+// Counts this session among those waiting for a descriptor, for as long as it waits.
+struct awaiting_guard {
+    bool counted = false;
+    void count() {
+        if (!counted) awaiting_descriptor.fetch_add(1, std::memory_order_relaxed);
+        counted = true;
+    }
+    ~awaiting_guard() {
+        if (counted) awaiting_descriptor.fetch_sub(1, std::memory_order_relaxed);
+    }
+};
+
 }  // namespace
 
+int sessions_awaiting_descriptor() { return awaiting_descriptor.load(std::memory_order_relaxed); }
+
 awaitable<connect_outcome> connect_upstream(const config::address& addr, std::chrono::milliseconds timeout) {
+    using namespace std::chrono_literals;
     auto executor = co_await asio::this_coro::executor;
     connect_outcome out;
+    const auto endpoint = to_endpoint(addr);
     tcp::socket socket(executor);
     asio::steady_timer deadline(executor, timeout);
-    auto result = co_await (socket.async_connect(to_endpoint(addr), use_tuple) || deadline.async_wait(use_tuple));
+    // Out of descriptors, the client is already in: wait for a descriptor (looking again every
+    // 10 ms, within the connect timeout) rather than close a client that a moment later could have
+    // been served. Meanwhile the accept loops hold off, so the next free descriptor comes here.
+    for (awaiting_guard waiting;;) {  // counted only until the socket is open
+        boost::system::error_code ec;
+        socket.open(endpoint.protocol(), ec);
+        if (!ec) break;
+        const auto left = deadline.expiry() - asio::steady_timer::clock_type::now();
+        if (!out_of_resources(ec) || left <= asio::steady_timer::duration::zero()) {
+            out.reason = out_of_resources(ec) ? metrics::connect_error::local : metrics::connect_error::other;
+            out.error = ec;
+            co_return out;
+        }
+        waiting.count();
+        asio::steady_timer pause(executor, std::min<asio::steady_timer::duration>(10ms, left));
+        co_await pause.async_wait(use_tuple);
+    }
+    auto result = co_await (socket.async_connect(endpoint, use_tuple) || deadline.async_wait(use_tuple));
     if (result.index() == 1) {
         out.reason = metrics::connect_error::timeout;
         out.error = asio::error::timed_out;

@@ -47,8 +47,31 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
         route.metrics.connect_failed(index, outcome.reason);
         spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.addr.text,
                      metrics::to_string(outcome.reason), outcome.error.message());
+        // No socket of our own after a whole connect timeout: another backend needs one just the same.
+        if (outcome.reason == metrics::connect_error::local) break;
     }
     co_return std::nullopt;
+}
+
+// The fallbacks metric's reason for a refused insert.
+datapath::fallback_reason fallback_reason_of(const datapath::insert_outcome& ins) {
+    if (ins.map_full) return datapath::fallback_reason::map_full;
+    if (ins.error == std::errc::not_connected) return datapath::fallback_reason::not_established;
+    return datapath::fallback_reason::error;
+}
+
+// Takes the pipes a splice pair needs; out of descriptors, the pair runs on copy instead, which
+// needs none. Returns the path the pair gets.
+datapath::kind take_pipes_or_copy(const route_runtime& route, datapath::splice_pipes& pipes, std::uint64_t id) {
+    if (auto ec = datapath::take_pipes(pipes)) {
+        // Out of descriptors this is every new connection's lot: warn now and then, not each time.
+        static log::once_per warning(std::chrono::seconds(10));
+        if (std::uint64_t more = 0; warning.allow(more))
+            spdlog::warn("conn {} route {}: no pipe for splice ({}); using copy ({} more since the last warning)", id,
+                         route.cfg.name, ec.message(), more);
+        return datapath::kind::copy;
+    }
+    return datapath::kind::splice;
 }
 
 // Picks the data path for this pair; on sockmap, inserts it into the maps.
@@ -60,6 +83,7 @@ datapath::kind hand_off(route_runtime& route, session_env env, net::tcp::socket&
     if (!clean) {
         spdlog::debug("conn {} route {}: the client kept its queue full past the userspace bound; using splice", id,
                       route.cfg.name);
+        route.metrics.sockmap_fallback(datapath::fallback_reason::busy_sender);
         return datapath::kind::splice;
     }
     auto ins = env.engine->insert(client.native_handle(), upstream.native_handle());
@@ -69,9 +93,23 @@ datapath::kind hand_off(route_runtime& route, session_env env, net::tcp::socket&
     }
     // A socket that entered the map (even briefly) is never spliced.
     auto fallback = ins.entered_map ? datapath::kind::copy : datapath::kind::splice;
+    route.metrics.sockmap_fallback(fallback_reason_of(ins));
     spdlog::debug("conn {} route {}: sockmap insert failed at {}: {}; using {}", id, route.cfg.name, ins.what,
                   ins.error.message(), datapath::to_string(fallback));
     return fallback;
+}
+
+// A pair whose promotion fell through goes on on splice, with pipes taken again (or on copy when
+// none can be made). Returns the path it ran on.
+net::awaitable<datapath::kind> stay_on_splice(const route_runtime& route, datapath::pair_state& pair,
+                                              std::uint64_t id) {
+    datapath::splice_pipes pipes;
+    const auto path = take_pipes_or_copy(route, pipes, id);
+    if (path == datapath::kind::splice)
+        co_await datapath::run_splice(pair, std::move(pipes));
+    else
+        co_await datapath::run_copy(pair);
+    co_return path;
 }
 
 // Moves a pair that run_splice_promotable parked into the maps and runs it on sockmap; where
@@ -84,19 +122,21 @@ net::awaitable<datapath::kind> run_promoted(route_runtime& route, session_env en
     pair.written_to_upstream += from_client.bytes;
     pair.written_to_client += from_upstream.bytes;
     if (!from_client.clean || !from_upstream.clean) {
-        co_await datapath::run_splice(pair);  // a sender that never paused: stay on splice
-        co_return datapath::kind::splice;
+        route.metrics.sockmap_fallback(datapath::fallback_reason::busy_sender);
+        const auto path = co_await stay_on_splice(route, pair, id);  // a sender that never paused
+        co_return path;
     }
     auto ins = env.engine->insert(pair.client.native_handle(), pair.upstream.native_handle());
     if (ins.error) {
         spdlog::debug("conn {} route {}: sockmap insert on promotion failed at {}: {}", id, route.cfg.name, ins.what,
                       ins.error.message());
+        route.metrics.sockmap_fallback(fallback_reason_of(ins));  // no second try: it stays off sockmap
         if (ins.entered_map) {
             co_await datapath::run_copy(pair);
             co_return datapath::kind::copy;
         }
-        co_await datapath::run_splice(pair);
-        co_return datapath::kind::splice;
+        const auto path = co_await stay_on_splice(route, pair, id);
+        co_return path;
     }
     in_map = ins.pair;
     // Everything userspace wrote to a socket is in its queued total and in the other socket's
@@ -143,6 +183,8 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     std::optional<datapath::sockmap_pair> in_map;
     auto path = hand_off(*route, env, client, upstream, id, early_from_client.clean && early_from_upstream.clean,
                          in_map);
+    datapath::splice_pipes pipes;
+    if (path == datapath::kind::splice) path = take_pipes_or_copy(*route, pipes, id);
     route->metrics.connection_handed_off(path);
 
     datapath::pair_state pair{client, upstream, route->cfg.timeouts.idle};
@@ -156,10 +198,10 @@ net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_e
     case datapath::kind::sockmap: co_await datapath::run_sockmap(pair, *env.engine, *in_map); break;
     case datapath::kind::splice:
         if (route->promote_to_sockmap && env.engine) {
-            const bool promote = co_await datapath::run_splice_promotable(pair);
+            const bool promote = co_await datapath::run_splice_promotable(pair, std::move(pipes));
             if (promote) path = co_await run_promoted(*route, env, pair, in_map, id);
         } else {
-            co_await datapath::run_splice(pair);
+            co_await datapath::run_splice(pair, std::move(pipes));
         }
         break;
     case datapath::kind::copy: co_await datapath::run_copy(pair); break;

@@ -20,6 +20,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -590,14 +591,22 @@ void held_listener::stop() {
 
 daemon_process::daemon_process(const std::string& binary, const std::string& config_path,
                                const std::string& log_path, const std::string& notify_path,
-                               std::chrono::milliseconds ready_budget)
+                               std::chrono::milliseconds ready_budget, const process_options& options)
     : log_path_(log_path) {
     // Everything the child needs is prepared before fork(): the test process has threads.
     std::vector<std::string> args = {binary, "--config", config_path};
     std::vector<std::string> envs;
+    auto replaced = [&](const char* e) {
+        for (const auto& mine : options.env)
+            if (auto eq = mine.find('='); eq != std::string::npos && std::strncmp(e, mine.c_str(), eq + 1) == 0)
+                return true;
+        return std::strncmp(e, "NOTIFY_SOCKET=", 14) == 0;
+    };
     for (char** e = environ; *e; ++e)
-        if (std::strncmp(*e, "NOTIFY_SOCKET=", 14) != 0) envs.emplace_back(*e);
+        if (!replaced(*e)) envs.emplace_back(*e);
+    envs.insert(envs.end(), options.env.begin(), options.env.end());
     envs.push_back("NOTIFY_SOCKET=" + notify_path);
+    const rlim_t nofile = options.nofile;
     std::vector<char*> argv, envp;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
@@ -629,6 +638,10 @@ daemon_process::daemon_process(const std::string& binary, const std::string& con
         dup2(log.get(), 1);
         dup2(log.get(), 2);
         close_range(3, ~0U, 0);
+        if (nofile) {
+            rlimit limit{nofile, nofile};
+            if (setrlimit(RLIMIT_NOFILE, &limit) != 0) _exit(125);  // "exit status 125" in the report
+        }
         signal(SIGPIPE, SIG_DFL);  // the test process ignores it; exec would keep that
         sigset_t none;
         sigemptyset(&none);

@@ -235,13 +235,20 @@ void echo_connection(int fd, std::atomic<std::uint64_t>* counter = nullptr);
 // ---------------------------------------------------------------------------------------------------------
 // The daemon under test
 
+// What the daemon process gets besides its arguments.
+struct process_options {
+    unsigned long nofile = 0;      // RLIMIT_NOFILE (soft and hard); 0: the test process's own
+    std::vector<std::string> env;  // "NAME=value", replacing the test process's NAME
+};
+
 // spliced running in the foreground, stdout+stderr to a log file, readiness via NOTIFY_SOCKET.
 class daemon_process {
 public:
     // Starts `binary --config config_path` and waits for READY=1 (throws std::runtime_error with the log tail
     // if it exits first or the budget passes).
     daemon_process(const std::string& binary, const std::string& config_path, const std::string& log_path,
-                   const std::string& notify_path, std::chrono::milliseconds ready_budget = 15s);
+                   const std::string& notify_path, std::chrono::milliseconds ready_budget = 15s,
+                   const process_options& options = {});
     ~daemon_process();
     daemon_process(const daemon_process&) = delete;
     daemon_process& operator=(const daemon_process&) = delete;

@@ -23,7 +23,7 @@ namespace {
 
 datapath::sockmap_engine& engine() {
     static std::string error;
-    static auto e = datapath::sockmap_engine::load(error);
+    static auto e = datapath::sockmap_engine::load(datapath::default_capacity, error);
     if (!e) FAIL("sockmap engine did not load: " << error);
     return *e;
 }
@@ -254,6 +254,36 @@ TEST_CASE("a half-closed client (CLOSE_WAIT) cannot enter the map and never did,
     CHECK(bpf_map_lookup_elem(engine().peers_fd(), &c, &value) != 0);
     // Its bytes are untouched and still readable by a fallback path.
     CHECK(read_for(p.client.inner.get(), 7, std::chrono::milliseconds(1000)) == "request");
+}
+
+TEST_CASE("at capacity the peer map refuses the next pair with E2BIG before any socket entered the SOCKHASH; removing a pair makes room") {
+    std::string error;
+    auto small = datapath::sockmap_engine::load(1, error);  // one pair: two entries per map
+    REQUIRE(small);
+    CHECK(small->capacity() == 1);
+    proxied first, second;
+    auto in = small->insert(first.client.inner.get(), first.upstream.outer.get());
+    REQUIRE_FALSE(in.error);
+    auto refused = small->insert(second.client.inner.get(), second.upstream.outer.get());
+    CHECK(refused.error.value() == E2BIG);
+    CHECK(refused.map_full);
+    CHECK_FALSE(refused.entered_map);  // so the pair may be spliced
+    std::uint64_t value = 0;
+    for (int fd : {second.client.inner.get(), second.upstream.outer.get()}) {
+        auto c = cookie_of(fd);
+        CHECK(bpf_map_lookup_elem(small->sockhash_fd(), &c, &value) != 0);
+        CHECK(bpf_map_lookup_elem(small->peers_fd(), &c, &value) != 0);
+    }
+    // The refused pair still carries bytes through userspace, ungated.
+    send_all(second.client.outer.get(), "still mine");
+    CHECK(read_for(second.client.inner.get(), 10, std::chrono::milliseconds(1000)) == "still mine");
+    // The first pair redirects as usual.
+    send_all(first.client.outer.get(), "redirected");
+    CHECK(read_for(first.upstream.inner.get(), 10, std::chrono::milliseconds(2000)) == "redirected");
+    small->remove(in.pair);
+    auto again = small->insert(second.client.inner.get(), second.upstream.outer.get());
+    CHECK_FALSE(again.error);
+    small->remove(again.pair);
 }
 
 TEST_CASE("removing a pair leaves no SOCKHASH, peer-map or budget entry behind") {

@@ -56,6 +56,8 @@ TEST_CASE("a config using every supported key parses to the values it states") {
                          "log:\n"
                          "  level: debug\n"
                          "  access_log: /var/log/spliced/access.log\n"
+                         "sockmap:\n"
+                         "  capacity: 1000\n"
                          "routes:\n"
                          "  - name: web\n"
                          "    listen: [\"0.0.0.0:8443\", \"[::]:8443\"]\n"
@@ -77,6 +79,7 @@ TEST_CASE("a config using every supported key parses to the values it states") {
     CHECK(c.metrics.listen.text == "127.0.0.1:9090");
     CHECK(c.log.level == log_level::debug);
     CHECK(c.log.access_log == "/var/log/spliced/access.log");
+    CHECK(c.sockmap.capacity == 1000);
     REQUIRE(c.routes.size() == 2);
     const auto& web = c.routes[0];
     CHECK(web.name == "web");
@@ -117,6 +120,7 @@ TEST_CASE("defaults apply when optional keys are left out") {
     CHECK(c.routes[0].datapath == datapath_kind::auto_select);
     CHECK(c.routes[0].timeouts.connect == std::chrono::seconds(2));
     CHECK(c.routes[0].timeouts.idle == std::chrono::hours(1));
+    CHECK(c.sockmap.capacity == 65536);
 }
 
 TEST_CASE("every enum spelling of the design is accepted") {
@@ -281,6 +285,25 @@ TEST_CASE("an empty file, a comment-only file and a non-mapping root are refused
     CHECK(error_of("# nothing here\n") == "1:1: config is empty");
     CHECK(error_of("- just\n- a list\n") == "1:1: the config must be a mapping of keys, not a list");
     CHECK(error_of("hello\n") == "1:1: the config must be a mapping of keys, not a single value");
+}
+
+TEST_CASE("sockmap.capacity takes a whole number of connections from 1 to 2^20") {
+    CHECK(load_string("sockmap: { capacity: 4 }\n" + minimal_route, "s").sockmap.capacity == 4);
+    CHECK(load_string("sockmap:\n  capacity: 1\n" + minimal_route, "s").sockmap.capacity == 1);
+    CHECK(load_string("sockmap: { capacity: 1048576 }\n" + minimal_route, "s").sockmap.capacity == 1048576);
+    CHECK(load_string("sockmap: {}\n" + minimal_route, "s").sockmap.capacity == 65536);
+    const std::string range = "sockmap.capacity must be a whole number of connections from 1 to 1048576";
+    CHECK(error_of("sockmap: { capacity: 0 }\n" + minimal_route) == "1:22: " + range + " (got '0')");
+    CHECK(error_of("sockmap: { capacity: 1048577 }\n" + minimal_route) == "1:22: " + range + " (got '1048577')");
+    CHECK(error_of("sockmap: { capacity: 99999999999 }\n" + minimal_route) == "1:22: " + range + " (got '99999999999')");
+    CHECK(error_of("sockmap:\n  capacity: -4\n" + minimal_route) == "2:13: " + range + " (got '-4')");
+    CHECK(error_of("sockmap:\n  capacity: 4k\n" + minimal_route) == "2:13: " + range + " (got '4k')");
+    CHECK(error_of("sockmap:\n  capacity:\n" + minimal_route) == "2:3: sockmap.capacity needs a value");
+    CHECK(error_of("sockmap: { capacity: [4] }\n" + minimal_route) ==
+          "1:22: sockmap.capacity must be a single value, not a list");
+    CHECK(error_of("sockmap: 4\n" + minimal_route) == "1:10: sockmap must be a mapping, not a single value");
+    CHECK(starts_with(error_of("sockmap:\n  capacity: 4\n  size: 8\n" + minimal_route),
+                      "3:3: unknown key 'size' in sockmap (expected one of: capacity)"));
 }
 
 TEST_CASE("a config file is read from disk and named by its path in errors") {
