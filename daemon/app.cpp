@@ -8,9 +8,13 @@
 #include "net/listener.hpp"
 #include "proxy/session.hpp"
 #include "sys/notify.hpp"
+#include "sys/socket.hpp"
 
 #include <csignal>
+#include <cstdlib>
+#include <dirent.h>
 #include <stdexcept>
+#include <sys/socket.h>
 #include <thread>
 
 namespace spliced {
@@ -37,6 +41,31 @@ net::awaitable<void> ping_watchdog(std::chrono::microseconds every) {
         auto [ec] = co_await timer.async_wait(net::use_tuple);
         if (ec) co_return;
     }
+}
+
+// Gives every TCP connection the process still has open (listeners aside) SO_LINGER {1, 0}, so that
+// closing it sends a reset: a peer whose transfer the drain timeout cuts must not take the FIN that a
+// plain close at exit sends for the clean end of a complete stream. Run with the workers stopped.
+int reset_open_connections() {
+    DIR* dir = ::opendir("/proc/self/fd");
+    if (!dir) return 0;
+    int reset = 0;
+    while (const dirent* e = ::readdir(dir)) {
+        char* end = nullptr;
+        const long fd = std::strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end != '\0' || fd == ::dirfd(dir)) continue;
+        int domain = 0, type = 0, listening = 0;
+        socklen_t len = sizeof(int);
+        if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) continue;
+        if (domain != AF_INET && domain != AF_INET6) continue;
+        len = sizeof(int);
+        if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) continue;
+        len = sizeof(int);
+        if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening) continue;
+        if (!sys::set_linger_reset(static_cast<int>(fd))) ++reset;
+    }
+    ::closedir(dir);
+    return reset;
 }
 
 }  // namespace
@@ -202,7 +231,7 @@ net::awaitable<void> app::impl::drain() {
         co_await timer.async_wait(net::use_tuple);
     }
     if (long left = active.load(); left > 0)
-        spdlog::warn("drain timeout ({} ms) reached with {} connection(s) open; closing them",
+        spdlog::warn("drain timeout ({} ms) reached with {} connection(s) open; resetting them",
                      cfg.drain_timeout.count(), left);
     else
         spdlog::info("drained: no connection left");
@@ -253,6 +282,9 @@ int app::run() {
     sys::notify("READY=1\nSTATUS=serving");
     d.main_io.run();  // until serve_signals() has drained and stopped it
     d.stop_workers();
+    // Sessions still open now (drain timeout, or a second signal) close when the workers are destroyed:
+    // with a reset, since they are cut short.
+    if (d.active.load() > 0) spdlog::info("{} TCP socket(s) set to close with a reset", reset_open_connections());
     spdlog::info("stopped");
     return 0;
 }

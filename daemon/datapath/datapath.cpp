@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <memory>
+#include <poll.h>
 
 namespace spliced::datapath {
 
@@ -101,6 +102,47 @@ net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::
     co_await ((std::move(forward) && std::move(backward)) || idle_watchdog(p) || std::move(beside));
 }
 
+namespace {
+
+// poll(2) events of `fd` right now. Unlike SO_ERROR or a read, this leaves a pending error in place.
+short ready_events(int fd) {
+    pollfd p{fd, 0, 0};
+    return ::poll(&p, 1, 0) == 1 ? p.revents : 0;
+}
+
+}  // namespace
+
+net::awaitable<bool> wait_writable(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
+    namespace ex = net::asio::experimental;
+    // Asio's epoll is edge-triggered: an error that arrived before this wait would never wake it. Look first.
+    short events = ready_events(from.native_handle());
+    if (events & POLLERR) {
+        p.abort(p.reset_reason(from));
+        co_return false;
+    }
+    // A hang-up without an error is a clean end of both directions of `from`: nothing to watch there.
+    if (!(events & POLLHUP)) {
+        auto [order, to_ec, from_ec] =
+            co_await ex::make_parallel_group(to.async_wait(net::tcp::socket::wait_write, net::asio::deferred),
+                                             from.async_wait(net::tcp::socket::wait_error, net::asio::deferred))
+                .async_wait(ex::wait_for_one(), net::use_awaitable);
+        if (p.aborted) co_return false;
+        if (order[0] == 0) {
+            if (to_ec) p.abort(p.reset_reason(to));
+            co_return !to_ec;
+        }
+        // wait_error ends on an error, a hang-up or urgent data; only an error ends the pair.
+        if (from_ec || (ready_events(from.native_handle()) & POLLERR)) {
+            p.abort(p.reset_reason(from));
+            co_return false;
+        }
+    }
+    auto [ec] = co_await to.async_wait(net::tcp::socket::wait_write, net::use_tuple);
+    if (p.aborted) co_return false;
+    if (ec) p.abort(p.reset_reason(to));
+    co_return !ec;
+}
+
 net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
                                     std::uint64_t* copied) {
     // Allocated on first data, so a connection that never uses this direction costs nothing.
@@ -125,13 +167,20 @@ net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::
             p.abort(p.reset_reason(from));
             co_return false;
         }
-        auto [write_ec, written] = co_await net::asio::async_write(to, net::asio::buffer(buffer->data(), n),
-                                                                   net::use_tuple);
-        if (write_ec) {
-            if (!p.aborted) p.abort(p.reset_reason(to));
-            co_return false;
+        // Piecewise, waiting with wait_writable(): a reset of `from` ends the pair even while `to` is slow.
+        for (std::size_t written = 0; written < n;) {
+            boost::system::error_code write_ec;
+            written += to.write_some(net::asio::buffer(buffer->data() + written, n - written), write_ec);
+            if (write_ec == net::asio::error::would_block || write_ec == net::asio::error::try_again) {
+                // (g++ 12 miscompiles co_await inside an if condition: await into a variable first.)
+                const bool writable = co_await wait_writable(p, from, to);
+                if (!writable) co_return false;
+            } else if (write_ec) {
+                if (!p.aborted) p.abort(p.reset_reason(to));
+                co_return false;
+            }
         }
-        if (copied) *copied += written;
+        if (copied) *copied += n;
     }
 }
 

@@ -72,6 +72,11 @@ net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward,
                               net::awaitable<void> beside);
 
+// Waits until `to` can take more bytes, watching `from` meanwhile: while a direction is blocked on a slow
+// receiver nothing else looks at its sender, and a reset there must end the pair now, not once the
+// receiver has taken every byte still queued. Returns false when the pair aborted.
+net::awaitable<bool> wait_writable(pair_state& p, net::tcp::socket& from, net::tcp::socket& to);
+
 // Copies `from` to `to` until EOF on `from`. Returns true on EOF, false when the pair aborted.
 // Does not shut `to` down: the caller decides when that is safe.
 net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,

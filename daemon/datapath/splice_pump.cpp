@@ -89,8 +89,7 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
                 in_pipe -= static_cast<std::size_t>(m);
                 written += static_cast<std::uint64_t>(m);
             } else if (m < 0 && errno == EAGAIN) {
-                auto [ec] = co_await to.async_wait(net::tcp::socket::wait_write, net::use_tuple);
-                if (ec && !p.aborted) p.abort(p.reset_reason(to));
+                co_await wait_writable(p, from, to);  // on a failure of either socket, aborts the pair
             } else if (m < 0 && errno == EINTR) {
                 continue;
             } else {
