@@ -121,15 +121,19 @@ net::awaitable<bool> wait_redirected_taken(sockmap_run& run, net::tcp::socket& f
     });
 }
 
-enum class readable { no, eof_or_error, bytes };
+enum class readable { no, eof, error, bytes };
 
-// Peeks without taking anything (it reads through the psock like a real read would).
-readable peek(net::tcp::socket& s) {
+// Peeks without taking anything (it reads through the psock like a real read would). An error
+// (a reset) is reported once and then cleared from the socket: the pair must end on it here, or
+// the next read would see a plain EOF and pass the reset off as a clean close.
+readable peek(pair_state& p, net::tcp::socket& s) {
     char byte;
     const ssize_t n = ::recv(s.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     if (n > 0) return readable::bytes;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return readable::no;
-    return readable::eof_or_error;
+    if (n == 0) return readable::eof;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return readable::no;
+    p.abort(p.reset_reason(s));
+    return readable::error;
 }
 
 // Waits until `from` has something for userspace: EOF, an error, or bytes the verdict passed.
@@ -138,8 +142,11 @@ net::awaitable<readable> wait_for_userspace(sockmap_run& run, net::tcp::socket& 
     for (;;) {
         auto [ec] = co_await from.async_wait(net::tcp::socket::wait_read, net::use_tuple);
         if (run.p.aborted) co_return readable::no;
-        if (ec) co_return readable::eof_or_error;  // the copy loop's read reports it
-        if (auto r = peek(from); r != readable::no) co_return r;
+        if (ec) {
+            run.p.abort(run.p.reset_reason(from));
+            co_return readable::error;
+        }
+        if (auto r = peek(run.p, from); r != readable::no) co_return r;
         check_egress(run, from, to);
     }
 }
@@ -148,7 +155,7 @@ net::awaitable<void> sockmap_direction(sockmap_run& run, net::tcp::socket& from,
     pair_state& p = run.p;
     // (g++ 12 miscompiles co_await inside an if condition: await into a variable first.)
     const readable seen = co_await wait_for_userspace(run, from, to);
-    if (seen == readable::no) co_return;
+    if (seen == readable::no || seen == readable::error) co_return;
     if (seen == readable::bytes) {
         // Passed bytes: this direction was demoted (peer miss or egress bound), for good.
         run.of(from).userspace = true;
@@ -209,7 +216,9 @@ static net::awaitable<bool> wait_until_readable(sockmap_run& run) {
                 .async_wait(ex::wait_for_one(), net::use_awaitable);
         if (order[0] != 2) {
             auto& s = order[0] == 0 ? p.client : p.upstream;
-            if (peek(s) != readable::no) co_return true;
+            const readable seen = peek(p, s);
+            if (seen == readable::error) co_return false;  // aborted: a reset
+            if (seen != readable::no) co_return true;
             check_egress(run, s, run.peer_of(s));  // the wake-up the kernel sends after a redirect
             continue;  // keep waiting (the idle check runs when the timer fires)
         }

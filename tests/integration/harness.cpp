@@ -12,6 +12,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <filesystem>
+#include <limits>
 #include <fstream>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -725,9 +726,22 @@ int daemon_process::stop(std::chrono::milliseconds budget) {
             return -1;
         }
     }
+    return exit_code();
+}
+
+int daemon_process::exit_code() const {
     if (WIFEXITED(wait_status_)) return WEXITSTATUS(wait_status_);
     if (WIFSIGNALED(wait_status_)) return 128 + WTERMSIG(wait_status_);
     return -1;
+}
+
+void daemon_process::send_signal(int sig) {
+    if (!reap(false)) kill(pid_, sig);
+}
+
+int daemon_process::wait_exit(std::chrono::milliseconds budget) {
+    if (!run_until([&] { return reap(false); }, budget, 5ms)) return -1;
+    return exit_code();
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -918,6 +932,60 @@ map_census count_map_entries(pid_t pid, std::string_view name) {
         if (r != 0 && errno != ENOENT) fail(errno, "bpf_map_get_next_key(" + std::string(name) + ")");
     }
     return census;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+std::string fd_census::text() const {
+    return std::to_string(total()) + " (" + std::to_string(sockets) + " sockets, " + std::to_string(pipes) +
+           " pipes, " + std::to_string(other) + " other)";
+}
+
+std::string fd_census::others() const {
+    std::string out;
+    for (auto& [kind, n] : other_kinds) out += (out.empty() ? "" : ", ") + kind + " x" + std::to_string(n);
+    return out;
+}
+
+fd_census count_fds(pid_t pid) {
+    fd_census census;
+    std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+    DIR* d = opendir(dir.c_str());
+    if (!d) return census;
+    char target[256];
+    while (dirent* e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        ssize_t n = readlinkat(dirfd(d), e->d_name, target, sizeof target - 1);
+        if (n < 0) continue;  // closed meanwhile
+        std::string_view t(target, static_cast<std::size_t>(n));
+        if (t.rfind("socket:", 0) == 0) ++census.sockets;
+        else if (t.rfind("pipe:", 0) == 0) ++census.pipes;
+        else {
+            ++census.other;
+            ++census.other_kinds[std::string(t)];
+        }
+    }
+    closedir(d);
+    return census;
+}
+
+long rss_kib(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(in, line);)
+        if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+    return -1;
+}
+
+long fd_limit(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/limits");
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("Max open files", 0) != 0) continue;
+        std::istringstream fields(line.substr(14));
+        std::string soft;
+        fields >> soft;
+        return soft == "unlimited" ? std::numeric_limits<long>::max() : std::stol(soft);
+    }
+    return -1;
 }
 
 }  // namespace it

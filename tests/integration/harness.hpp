@@ -263,11 +263,17 @@ public:
     // SIGTERM, then waits up to `budget` for the exit; returns the exit status, 128+signal if a signal ended
     // it, or -1 if it had to be SIGKILLed after the budget.
     int stop(std::chrono::milliseconds budget = 20s);
+    // Sends `sig` (no-op once it has exited).
+    void send_signal(int sig);
+    // Waits up to `budget` for the exit without signalling; returns the exit status (128+signal if a signal ended
+    // it), or -1 if it is still running.
+    int wait_exit(std::chrono::milliseconds budget);
     // Every sd_notify line received so far ("READY=1", "STOPPING=1", ...).
     std::vector<std::string> notifications();
 
 private:
     bool reap(bool block);
+    int exit_code() const;
     void read_notifications();
     unique_fd notify_;  // kept open like systemd's, so later notifications do not fail
     std::vector<std::string> notified_;
@@ -313,5 +319,26 @@ struct map_census {
 
 // Finds every BPF map named `name` that `pid` holds (via /proc/pid/fdinfo map_id lines) and counts its keys.
 map_census count_map_entries(pid_t pid, std::string_view name);
+
+// ---------------------------------------------------------------------------------------------------------
+// What a process holds
+
+// Descriptors open in a process, by kind (from the /proc/PID/fd links).
+struct fd_census {
+    int sockets = 0;
+    int pipes = 0;
+    int other = 0;  // files, eventfd, epoll, BPF maps and programs, ...
+    std::map<std::string, int> other_kinds;  // link target ("anon_inode:[eventfd]", a path) -> count
+    int total() const { return sockets + pipes + other; }
+    std::string text() const;  // "N (S sockets, P pipes, O other)"
+    std::string others() const;  // "anon_inode:[eventfd] x3, /dev/null x1, ..."
+};
+fd_census count_fds(pid_t pid);
+
+// Resident set size (VmRSS) in KiB, -1 if unreadable.
+long rss_kib(pid_t pid);
+
+// The soft RLIMIT_NOFILE of a process (from /proc/PID/limits), -1 if unreadable.
+long fd_limit(pid_t pid);
 
 }  // namespace it

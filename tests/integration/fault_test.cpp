@@ -1,0 +1,1407 @@
+// Fault injection against the real daemon on one data path: clients that reset mid-transfer, a black-holed
+// backend, SIGTERM under load, connection churn and many idle connections; each case starts its own daemon.
+#include <catch2/catch.hpp>
+
+#include "echo_peer.hpp"
+#include "fault_suite.hpp"
+#include "harness.hpp"
+
+#include <algorithm>
+#include <arpa/inet.h>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iomanip>
+#include <iostream>
+#include <netinet/tcp.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <set>
+#include <sstream>
+#include <sys/socket.h>
+#include <unistd.h>
+
+namespace it {
+
+namespace {
+
+constexpr std::size_t KiB = 1024;
+constexpr std::size_t MiB = 1024 * KiB;
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool sanitized = true;  // the daemon is built the same way: much slower, and its RSS means little
+#else
+constexpr bool sanitized = false;
+#endif
+
+// The daemon's worker threads in every case.
+constexpr int workers = 2;
+// Seconds the daemon may take to exit once it has nothing left to drain: stopping the metrics server
+// (prometheus-cpp's civetweb) takes 1-2 s here.
+constexpr double exit_margin = 3.0;
+// Empty pipes the splice path keeps per worker thread (daemon/datapath/splice_pump.cpp pool_limit), two fds each:
+// after a splice run they may stay open, up to this many.
+constexpr int pooled_pipe_fds = workers * 64 * 2;
+
+const std::string& datapath() { return settings().datapath; }
+// The path connections are handed to first: auto starts every connection on splice (and moves quiet ones to
+// sockmap later, counted in spliced_sockmap_promotions_total).
+std::string handoff_path() { return datapath() == "auto" ? "splice" : datapath(); }
+// The daemon holds the BPF maps (sockmap, and auto: the suite runs as root, where sockmap is usable).
+bool uses_maps() { return datapath() == "sockmap" || datapath() == "auto"; }
+// The path leaves pooled pipes behind.
+bool uses_pipes() { return datapath() == "splice" || datapath() == "auto"; }
+
+long env_long(const char* name, long fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::atol(v) : fallback;
+}
+
+std::string fixed(double v, int decimals = 2) {
+    std::ostringstream s;
+    s << std::fixed << std::setprecision(decimals) << v;
+    return s.str();
+}
+
+// One line per case with its figures, for reports: grep SUMMARY.
+void summary(const std::string& case_name, const std::string& figures) {
+    std::cout << "SUMMARY [" << datapath() << (sanitized ? ", sanitized build" : "") << "] " << case_name << ": "
+              << figures << std::endl;
+}
+
+void loud(const std::string& text) {
+    std::cout << "\n**********************************************************************\n"
+              << text << "\n**********************************************************************\n"
+              << std::endl;
+}
+
+// The current case's name and data path, on stdout and in every failure message of the case.
+#define ANNOUNCE_DATAPATH()                                                                                    \
+    INFO("data path under test: " << datapath());                                                              \
+    std::cout << "[" << datapath() << "] " << Catch::getResultCapture().getCurrentTestName() << std::endl
+
+// ---------------------------------------------------------------------------------------------------------
+// A daemon per case
+
+struct route_def {
+    std::string name;
+    std::vector<std::string> backends;
+    std::string connect_timeout = "2s";
+    std::string idle_timeout = "1h";
+};
+
+struct daemon_options {
+    std::string drain_timeout = "5s";
+    std::string access_log = "stdout";  // off for the cases with tens of thousands of connections
+};
+
+// free_port() may hand out a port twice: draw until it is new to this run.
+std::uint16_t fresh_port(int family) {
+    static std::set<std::uint16_t> taken;
+    for (;;)
+        if (auto p = free_port(family); taken.insert(p).second) return p;
+}
+
+class case_daemon {
+public:
+    case_daemon(const std::vector<route_def>& routes, const daemon_options& opts) : metrics_port_(fresh_port(AF_INET)) {
+        for (auto& r : routes) port_[r.name] = fresh_port(AF_INET);
+        const char* level = std::getenv("SPLICED_TEST_LOG_LEVEL");
+        std::ostringstream y;
+        y << "datapath: " << datapath() << "\n"
+          << "workers: " << workers << "\n"
+          << "drain_timeout: " << opts.drain_timeout << "\n"
+          << "metrics:\n"
+          << "  listen: 127.0.0.1:" << metrics_port_ << "\n"
+          << "log:\n"
+          << "  level: " << (level ? level : "info") << "\n"
+          << "  access_log: " << opts.access_log << "\n"
+          << "routes:\n";
+        for (auto& r : routes) {
+            y << "  - name: " << r.name << "\n"
+              << "    listen: [\"127.0.0.1:" << port_.at(r.name) << "\"]\n"
+              << "    timeouts: { connect: " << r.connect_timeout << ", idle: " << r.idle_timeout << " }\n"
+              << "    backends:\n";
+            for (auto& b : r.backends) y << "      - address: " << b << "\n";
+        }
+        write_file(dir.file("spliced.yaml"), y.str());
+        process = std::make_unique<daemon_process>(settings().binary, dir.file("spliced.yaml"),
+                                                   dir.file("spliced.log"), dir.file("notify.sock"));
+    }
+
+    temp_dir dir;
+    std::unique_ptr<daemon_process> process;
+
+    pid_t pid() const { return process->pid(); }
+    std::uint16_t port(const std::string& route) const { return port_.at(route); }
+    metrics_snapshot metrics() const { return scrape("127.0.0.1", metrics_port_); }
+    unique_fd connect(const std::string& route, std::chrono::milliseconds io_timeout = 30s) const {
+        return connect_tcp("127.0.0.1", port_.at(route), io_timeout);
+    }
+
+private:
+    std::uint16_t metrics_port_;
+    std::map<std::string, std::uint16_t> port_;
+};
+
+std::unique_ptr<case_daemon> current;  // the running case's daemon; released by end_fault_case
+
+[[noreturn]] void skip_run(const std::string& why) {
+    loud("SKIPPED: " + why);
+    current.reset();
+    std::exit(77);
+}
+
+// Starts the case's daemon (a port taken meanwhile by another process: retried with fresh ports) and, on the map
+// paths, checks that it holds both maps and that we may read them.
+case_daemon& start_daemon(const std::vector<route_def>& routes, const daemon_options& opts = {}) {
+    current.reset();
+    for (int attempt = 1;; ++attempt) {
+        try {
+            current = std::make_unique<case_daemon>(routes, opts);
+            break;
+        } catch (const std::exception& e) {
+            std::string why = e.what();
+            if (attempt < 3 && why.find("in use") != std::string::npos) {
+                std::cout << "spliced could not bind a port (taken meanwhile?); retrying with fresh ports" << std::endl;
+                continue;
+            }
+            FAIL("cannot start spliced: " << why);
+        }
+    }
+    std::cout << "  spliced pid " << current->pid() << ", config " << current->dir.file("spliced.yaml") << std::endl;
+    if (uses_maps()) {
+        for (const char* name : {"sockhash", "peers"}) {
+            auto census = count_map_entries(current->pid(), name);
+            if (census.error == EPERM || census.error == EACCES)
+                skip_run("sockmap tests need root (CAP_BPF+CAP_NET_ADMIN) to read the daemon's BPF maps (" +
+                         census.what + ": " + std::strerror(census.error) + ")");
+            INFO(census.what << ": " << std::strerror(census.error) << "; log:\n" << current->process->log_tail());
+            REQUIRE(census.error == 0);
+            INFO("spliced holds no BPF map named '" << name << "': it is not running the sockmap data path although "
+                                                                 "the config says datapath: "
+                                                              << datapath());
+            REQUIRE(census.maps >= 1);
+        }
+    }
+    return *current;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Metrics and the daemon's state
+
+struct path_counts {
+    double sockmap = 0, splice = 0, copy = 0;
+    double total() const { return sockmap + splice + copy; }
+    double on(const std::string& path) const {
+        return path == "sockmap" ? sockmap : path == "splice" ? splice : path == "copy" ? copy : -1;
+    }
+};
+
+path_counts connections_of(const metrics_snapshot& m, const std::string& route) {
+    auto count = [&](const char* path) {
+        return m.sum("spliced_connections_total", {{"route", route}, {"datapath", path}});
+    };
+    return {count("sockmap"), count("splice"), count("copy")};
+}
+
+std::string describe(const path_counts& before, const path_counts& after) {
+    std::ostringstream s;
+    s << "sockmap +" << after.sockmap - before.sockmap << ", splice +" << after.splice - before.splice << ", copy +"
+      << after.copy - before.copy;
+    return s.str();
+}
+
+double promotions_of(const metrics_snapshot& m, const std::string& route) {
+    return m.sum("spliced_sockmap_promotions_total", {{"route", route}});
+}
+
+double active_of(const metrics_snapshot& m, const std::string& route) {
+    return m.sum("spliced_connections_active", {{"route", route}});
+}
+
+double connect_errors(const metrics_snapshot& m, const std::string& route, const std::string& reason) {
+    return m.sum("spliced_upstream_connect_errors_total", {{"route", route}, {"reason", reason}});
+}
+
+// Waits (bounded) until `route` has handed off `n` more connections than `before`, on any path.
+bool wait_handed_off(const case_daemon& d, const std::string& route, const path_counts& before, double n,
+                     std::chrono::milliseconds budget = 10s) {
+    return run_until([&] { return connections_of(d.metrics(), route).total() - before.total() >= n; }, budget, 10ms);
+}
+
+// Requires that `route` handed off exactly `n` connections since `before`, all on the data path under test.
+void require_handed_off(const case_daemon& d, const std::string& route, const path_counts& before, double n) {
+    wait_handed_off(d, route, before, n);
+    auto now = connections_of(d.metrics(), route);
+    INFO("route " << route << ": connections_total since the case began: " << describe(before, now) << "; expected +"
+                  << n << " on " << handoff_path());
+    CHECK(now.total() - before.total() == n);
+    CHECK(now.on(handoff_path()) - before.on(handoff_path()) == n);
+}
+
+// Waits (bounded) until `route` has no open connection; returns the last value seen.
+double wait_inactive(const case_daemon& d, const std::string& route, std::chrono::milliseconds budget = 10s) {
+    double active = -1;
+    run_until(
+        [&] {
+            active = active_of(d.metrics(), route);
+            return active == 0;
+        },
+        budget, 20ms);
+    return active;
+}
+
+struct map_entries {
+    std::uint64_t sockhash = 0, peers = 0;
+    bool empty() const { return sockhash == 0 && peers == 0; }
+};
+
+map_entries entries_of(pid_t pid) {
+    return {count_map_entries(pid, "sockhash").entries, count_map_entries(pid, "peers").entries};
+}
+
+// On the map paths, waits (bounded) until no sockhash or peers entry is left and checks it.
+void require_maps_empty(const case_daemon& d, std::chrono::milliseconds budget = 10s) {
+    if (!uses_maps()) return;
+    map_entries e;
+    bool empty = run_until(
+        [&] {
+            e = entries_of(d.pid());
+            return e.empty();
+        },
+        budget, 50ms);
+    INFO("entries left: sockhash " << e.sockhash << ", peers " << e.peers);
+    CHECK(empty);
+}
+
+// Sockets and other descriptors back to `base` exactly; pipes at most the splice pool's bound above it.
+bool fds_back_to(const fd_census& now, const fd_census& base) {
+    return now.sockets == base.sockets && now.other == base.other && now.pipes <= base.pipes + pooled_pipe_fds;
+}
+
+fd_census wait_fds_back(const case_daemon& d, const fd_census& base, std::chrono::milliseconds budget = 10s) {
+    fd_census now;
+    run_until(
+        [&] {
+            now = count_fds(d.pid());
+            return fds_back_to(now, base);
+        },
+        budget, 50ms);
+    return now;
+}
+
+void check_fds_back(const fd_census& now, const fd_census& base) {
+    INFO("daemon descriptors: baseline " << base.text() << ", now " << now.text() << " (pipes may stay up to +"
+                                         << pooled_pipe_fds << ": the splice pipe pool); other descriptors before: "
+                                         << base.others() << "; now: " << now.others());
+    CHECK(fds_back_to(now, base));
+}
+
+void require_fds_back(const case_daemon& d, const fd_census& base, std::chrono::milliseconds budget = 10s) {
+    check_fds_back(wait_fds_back(d, base, budget), base);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Client sockets
+
+// A client socket from 127.0.0.(2 + index % 16), its port picked at connect time (IP_BIND_ADDRESS_NO_PORT), so
+// tens of thousands of short connections and their TIME_WAITs spread over sixteen ephemeral port ranges.
+unique_fd spread_socket(std::size_t index, bool nonblocking) {
+    unique_fd fd(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | (nonblocking ? SOCK_NONBLOCK : 0), 0));
+    if (!fd) throw std::runtime_error(std::string("socket: ") + std::strerror(errno));
+    int one = 1;
+    setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+    sockaddr_in src{};
+    src.sin_family = AF_INET;
+    src.sin_addr.s_addr = htonl(INADDR_LOOPBACK + 2 + static_cast<std::uint32_t>(index % 16));
+    if (bind(fd.get(), reinterpret_cast<sockaddr*>(&src), sizeof src) != 0)
+        throw std::runtime_error(std::string("bind 127.0.0.x: ") + std::strerror(errno));
+    return fd;
+}
+
+sockaddr_in loopback(std::uint16_t port) {
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(port);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return sin;
+}
+
+// The kernel's TCP state of a socket (TCP_ESTABLISHED, TCP_CLOSE_WAIT, TCP_CLOSE, ...), -1 on error.
+int tcp_state(int fd) {
+    tcp_info info{};
+    socklen_t len = sizeof info;
+    if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return -1;
+    return info.tcpi_state;
+}
+
+void close_with_reset(unique_fd& fd) {
+    linger l{1, 0};
+    setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+    fd.reset();
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// A backend whose end of the connection the test watches
+
+// One connection at a time. `slow_sink` reads 64 KiB every 500 ms (about 130 KB/s: the megabytes queued ahead of it
+// take tens of seconds to drain, so only a reset the daemon passes on at once ends it in time); `endless_source`
+// waits for one request byte, then writes a stream (at most 64 MiB) as fast as its socket takes it. Either way it
+// watches its socket's TCP state every few milliseconds and records the first sign of the end and when it came:
+// "reset" (state CLOSE: an RST arrived), "FIN" (CLOSE_WAIT: a clean end), or the send error.
+class watched_backend {
+public:
+    enum mode { slow_sink, endless_source };
+    struct outcome {
+        std::uint64_t accepted = 0;
+        bool ended = false;
+        std::string how;
+        clock::time_point at{};
+        std::uint64_t bytes = 0;  // read (sink) or written (source) on the last connection
+    };
+
+    explicit watched_backend(mode m) : mode_(m) {
+        listen_.reset(socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        auto sin = loopback(0);
+        socklen_t len = sizeof sin;
+        if (!listen_ || bind(listen_.get(), reinterpret_cast<sockaddr*>(&sin), len) != 0 || listen(listen_.get(), 16) != 0 ||
+            getsockname(listen_.get(), reinterpret_cast<sockaddr*>(&sin), &len) != 0)
+            throw std::runtime_error(std::string("watched backend: ") + std::strerror(errno));
+        port_ = ntohs(sin.sin_port);
+        thread_ = std::thread([this] { run(); });
+    }
+    ~watched_backend() {
+        stop_ = true;
+        thread_.join();
+    }
+    std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+    // The sink reads as fast as it can from now on.
+    void hurry() { hurry_ = true; }
+    outcome state() {
+        std::lock_guard lock(mutex_);
+        return state_;
+    }
+
+private:
+    void run() {
+        while (!stop_) {
+            pollfd p{listen_.get(), POLLIN, 0};
+            if (poll(&p, 1, 20) != 1) continue;
+            unique_fd c(accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+            if (!c) continue;
+            {
+                std::lock_guard lock(mutex_);
+                outcome fresh;
+                fresh.accepted = state_.accepted + 1;
+                state_ = fresh;
+            }
+            serve(c.get());
+        }
+    }
+
+    void end(const std::string& how) {
+        std::lock_guard lock(mutex_);
+        state_.ended = true;
+        state_.how = how;
+        state_.at = clock::now();
+    }
+
+    // Returns true once the end is recorded.
+    bool check_state(int fd) {
+        int st = tcp_state(fd);
+        if (st == TCP_CLOSE) end("reset");
+        else if (st == TCP_CLOSE_WAIT) end("FIN");
+        else if (st < 0) end("TCP_INFO failed");
+        else return false;
+        return true;
+    }
+
+    void serve(int fd) {
+        std::vector<std::uint8_t> buf(256 * KiB);
+        const payload stream(0xe7d1e55);
+        bool requested = mode_ == slow_sink;
+        std::uint64_t bytes = 0;
+        auto next_read = clock::now();
+        while (!stop_) {
+            if (check_state(fd)) return;
+            if (mode_ == slow_sink) {
+                if (hurry_ || clock::now() >= next_read) {
+                    ssize_t n;
+                    do {
+                        n = recv(fd, buf.data(), hurry_ ? buf.size() : 64 * KiB, 0);
+                        if (n > 0) bytes += static_cast<std::uint64_t>(n);
+                    } while (hurry_ && n > 0);
+                    next_read += 500ms;
+                }
+            } else if (!requested) {
+                char byte;
+                requested = recv(fd, &byte, 1, 0) == 1;
+            } else if (bytes < 64 * MiB) {
+                pollfd p{fd, POLLOUT, 0};
+                if (poll(&p, 1, 5) == 1) {
+                    auto k = static_cast<std::size_t>(std::min<std::uint64_t>(buf.size(), 64 * MiB - bytes));
+                    stream.fill(bytes, buf.data(), k);
+                    ssize_t n = send(fd, buf.data(), k, MSG_NOSIGNAL);
+                    const int err = errno;
+                    if (n > 0) bytes += static_cast<std::uint64_t>(n);
+                    if (n < 0 && err != EAGAIN && err != EINTR) {
+                        if (!check_state(fd)) end(std::string("send: ") + std::strerror(err));
+                        return;
+                    }
+                }
+            }
+            {
+                std::lock_guard lock(mutex_);
+                state_.bytes = bytes;
+            }
+            std::this_thread::sleep_for(2ms);
+        }
+    }
+
+    mode mode_;
+    unique_fd listen_;
+    std::uint16_t port_ = 0;
+    std::atomic<bool> stop_{false}, hurry_{false};
+    std::mutex mutex_;
+    outcome state_;
+    std::thread thread_;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// A black-holed address
+
+// An address in a network namespace of the test's own where SYNs go unanswered: a veth pair into the namespace,
+// which has the address but no listener, and a blackhole route there swallows the RSTs it would send back. Removed
+// with its veth pair on destruction; namespaces left by an earlier run that was killed are removed first.
+class blackhole_netns {
+public:
+    blackhole_netns() {
+        remove_stale();
+        const auto pid = static_cast<unsigned>(getpid());
+        name_ = "splbh" + std::to_string(pid);
+        // One /30 per pid (mod 16384) in 10.201.0.0/16.
+        const std::string net = "10.201." + std::to_string((pid >> 6) & 255) + ".";
+        const unsigned base = (pid & 63) * 4;
+        host_ip_ = net + std::to_string(base + 1);
+        ns_ip_ = net + std::to_string(base + 2);
+        const std::string host_if = name_ + "a", ns_if = name_ + "b";
+        run("ip netns add " + name_);
+        created_ = true;
+        run("ip link add " + host_if + " type veth peer name " + ns_if + " netns " + name_);
+        run("ip addr add " + host_ip_ + "/30 dev " + host_if);
+        run("ip link set " + host_if + " up");
+        run("ip -n " + name_ + " addr add " + ns_ip_ + "/30 dev " + ns_if);
+        run("ip -n " + name_ + " link set " + ns_if + " up");
+        run("ip -n " + name_ + " route add blackhole " + host_ip_ + "/32");
+    }
+    ~blackhole_netns() {
+        if (created_) std::system(("ip netns del " + name_ + " >/dev/null 2>&1").c_str());  // takes the veth pair along
+    }
+    blackhole_netns(const blackhole_netns&) = delete;
+    blackhole_netns& operator=(const blackhole_netns&) = delete;
+    std::string address(std::uint16_t port) const { return ns_ip_ + ":" + std::to_string(port); }
+    const std::string& name() const { return name_; }
+
+private:
+    static void run(const std::string& cmd) {
+        std::string full = cmd + " 2>&1";
+        FILE* p = popen(full.c_str(), "r");
+        if (!p) throw std::runtime_error("cannot run: " + cmd);
+        std::string out;
+        char buf[256];
+        while (fgets(buf, sizeof buf, p)) out += buf;
+        int st = pclose(p);
+        if (st != 0) throw std::runtime_error("'" + cmd + "' failed: " + out);
+    }
+    static void remove_stale() {
+        FILE* p = popen("ip netns list 2>/dev/null", "r");
+        if (!p) return;
+        std::vector<std::string> stale;
+        char buf[256];
+        while (fgets(buf, sizeof buf, p)) {
+            std::string name(buf);
+            name = name.substr(0, name.find_first_of(" \n"));
+            if (name.rfind("splbh", 0) != 0 || name.size() <= 5) continue;
+            const std::string pid = name.substr(5);
+            if (pid.find_first_not_of("0123456789") != std::string::npos) continue;
+            if (access(("/proc/" + pid).c_str(), F_OK) != 0) stale.push_back(name);
+        }
+        pclose(p);
+        for (auto& n : stale) std::system(("ip netns del " + n + " >/dev/null 2>&1").c_str());
+    }
+
+    std::string name_, host_ip_, ns_ip_;
+    bool created_ = false;
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// Paced echo
+
+// Sends `len` bytes of `p` in 64 KiB chunks spread evenly over `pace`, reads the echo as it comes, half-closes after
+// the last byte, and requires EOF after the full echo, whose SHA-256 must match what was sent. Returns "" on
+// success, else what went wrong. `echoed` follows the progress.
+std::string paced_echo(int fd, const payload& p, std::size_t len, std::chrono::milliseconds pace,
+                       clock::time_point deadline, std::atomic<std::uint64_t>& echoed) {
+    set_nonblocking(fd, true);
+    constexpr std::size_t chunk = 64 * KiB;
+    std::vector<std::uint8_t> out(chunk), in(chunk);
+    const auto start = clock::now();
+    std::size_t sent = 0, out_off = 0, out_len = 0, received = 0;
+    bool shut = false;
+    sha256 h;
+    for (;;) {
+        if (sent == len && !shut) {
+            if (shutdown(fd, SHUT_WR) != 0) return std::string("shutdown: ") + std::strerror(errno);
+            shut = true;
+        }
+        const auto now = clock::now();
+        if (now >= deadline)
+            return "deadline passed: sent " + std::to_string(sent) + ", echoed " + std::to_string(received) + " of " +
+                   std::to_string(len);
+        // The chunk being sent may go out once its start time (by the pace) has come.
+        const auto due = start + std::chrono::duration_cast<clock::duration>(pace * (double(sent) / double(len)));
+        const bool may_send = sent < len && (out_off < out_len || now >= due);
+        int wait_ms = 100;
+        if (sent < len && !may_send)
+            wait_ms = std::max(1, static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(due - now).count()));
+        pollfd pfd{fd, POLLIN, 0};
+        if (may_send) pfd.events |= POLLOUT;
+        int r = poll(&pfd, 1, wait_ms);
+        if (r < 0 && errno != EINTR) return std::string("poll: ") + std::strerror(errno);
+        if (r <= 0) continue;
+        if (pfd.revents & (POLLIN | POLLHUP | POLLERR)) {
+            ssize_t n = recv(fd, in.data(), in.size(), 0);
+            if (n == 0) {
+                if (received != len)
+                    return "EOF after " + std::to_string(received) + " of " + std::to_string(len) + " echoed bytes";
+                auto d = h.finish();
+                if (hex(d) != hex(p.sha(len))) return "SHA-256 of the echo differs from what was sent";
+                return "";
+            }
+            if (n < 0 && errno != EAGAIN && errno != EINTR)
+                return "recv after " + std::to_string(received) + " echoed bytes: " + std::strerror(errno);
+            if (n > 0) {
+                if (received + static_cast<std::size_t>(n) > len) return "more bytes echoed than sent";
+                h.update(in.data(), static_cast<std::size_t>(n));
+                received += static_cast<std::size_t>(n);
+                echoed = received;
+            }
+        }
+        if ((pfd.revents & POLLOUT) && may_send) {
+            if (out_off == out_len) {
+                out_len = std::min(chunk, len - sent);
+                out_off = 0;
+                p.fill(sent, out.data(), out_len);
+            }
+            ssize_t n = send(fd, out.data() + out_off, out_len - out_off, MSG_NOSIGNAL);
+            if (n < 0 && errno != EAGAIN && errno != EINTR)
+                return "send after " + std::to_string(sent) + " bytes: " + std::strerror(errno);
+            if (n > 0) {
+                out_off += static_cast<std::size_t>(n);
+                sent += static_cast<std::size_t>(n);
+            }
+        }
+    }
+}
+
+// One echo of `len` bytes through `route` with half-close, once the pair is handed off (a half-close before that
+// legitimately leaves the sockmap path); proves the daemon still proxies on the path.
+void require_echo_works(const case_daemon& d, const std::string& route, std::uint64_t seed, std::size_t len) {
+    auto before = connections_of(d.metrics(), route);
+    auto fd = d.connect(route, 10s);
+    REQUIRE(wait_handed_off(d, route, before, 1));
+    CHECK(echo_check(fd.get(), payload(seed), len, clock::now() + 10s, true) == "");
+    require_handed_off(d, route, before, 1);
+}
+
+// Stops the case's daemon with SIGTERM and requires a clean exit (status 0; under the sanitizers also no report).
+void require_clean_stop(case_daemon& d) {
+    const auto t0 = clock::now();
+    const int status = d.process->stop(20s);
+    INFO("spliced after SIGTERM: " << d.process->exit_description() << "; log:\n" << d.process->log_tail());
+    CHECK(status == 0);
+    std::cout << "  spliced stopped in " << seconds_since(t0) << " s: " << d.process->exit_description() << std::endl;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------------------
+// 1. A client that resets mid-transfer
+
+namespace {
+
+// Regression: on the sockmap path the daemon peeks (recv MSG_PEEK) at a socket that woke it; on a reset socket that
+// returns ECONNRESET and clears the pending error, so the next read saw a plain EOF and the pair ended as if the
+// client had closed cleanly: the backend got a FIN instead of a reset, on an upload only after it had taken every
+// byte already redirected (a truncated upload passed off as complete). The peek's error now aborts the pair as a
+// reset of that socket. Set this to true only to look at the other checks while that is broken again.
+constexpr bool sockmap_peek_bug_known = false;
+
+struct reset_figures {
+    std::uint64_t moved = 0;  // client bytes sent (upload) or received (download) before the reset
+    std::uint64_t backend_bytes = 0;
+    std::string backend_saw;
+    double backend_after = -1;  // seconds from the client's RST to the backend's end
+    double closed_after = -1;   // ... to connections_active 0
+    bool known_bug = false;     // the backend checks missed as sockmap_peek_bug_known describes
+};
+
+// Connects on `route`, waits for the hand-off (on auto also for the move to sockmap: the transfer then runs
+// through the redirect), moves data until mid-way, resets, and checks how the backend's side ends: within 5 s, and
+// on an upload by a reset (a FIN would pass the truncated upload off as complete). Then both daemon sockets must
+// be closed, no map entry left, and the daemon's descriptors back to `base`.
+reset_figures reset_mid_transfer(case_daemon& d, const std::string& route, watched_backend& backend, bool upload,
+                                 const fd_census& base) {
+    reset_figures f;
+    auto m0 = d.metrics();
+    auto before = connections_of(m0, route);
+    const double promoted0 = promotions_of(m0, route);
+    auto fd = d.connect(route, 10s);
+    REQUIRE(wait_handed_off(d, route, before, 1));
+    if (datapath() == "auto") {
+        // A connection that has moved nothing yet is quiet: auto moves it to sockmap within a few ticks.
+        bool promoted = run_until([&] { return promotions_of(d.metrics(), route) - promoted0 == 1; }, 5s);
+        std::cout << "  auto: the pair " << (promoted ? "moved to sockmap before the transfer" : "was NOT promoted")
+                  << std::endl;
+        CHECK(promoted);
+    }
+    REQUIRE(run_until([&] { return backend.state().accepted == 1; }, 5s));
+
+    if (upload) {
+        // Up to 16 MiB or 1 s of a stream meant to be longer; the backend takes about 130 KB/s of it.
+        set_nonblocking(fd.get(), true);
+        const payload p(0x0a11);
+        std::vector<std::uint8_t> chunk(256 * KiB);
+        const auto until = clock::now() + 1s;
+        while (f.moved < 16 * MiB && clock::now() < until) {
+            pollfd pfd{fd.get(), POLLOUT, 0};
+            if (poll(&pfd, 1, 10) != 1) continue;
+            p.fill(f.moved, chunk.data(), chunk.size());
+            ssize_t n = send(fd.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL);
+            INFO("send after " << f.moved << " bytes: " << std::strerror(errno));
+            REQUIRE((n > 0 || errno == EAGAIN));
+            if (n > 0) f.moved += static_cast<std::uint64_t>(n);
+        }
+        INFO("client sent " << f.moved << " bytes");
+        REQUIRE(f.moved >= MiB);
+    } else {
+        // Asks for the stream, takes 4 MiB of it (checking every byte), then resets while the backend still sends.
+        REQUIRE(send_all(fd.get(), "?", 1));
+        const payload stream(0xe7d1e55);
+        std::vector<std::uint8_t> in(256 * KiB), expected(256 * KiB);
+        while (f.moved < 4 * MiB) {
+            ssize_t n = recv(fd.get(), in.data(), std::min<std::size_t>(in.size(), 4 * MiB - f.moved), 0);
+            INFO("recv after " << f.moved << " bytes: " << (n < 0 ? std::strerror(errno) : "EOF"));
+            REQUIRE(n > 0);
+            stream.fill(f.moved, expected.data(), static_cast<std::size_t>(n));
+            REQUIRE(std::equal(in.begin(), in.begin() + n, expected.begin()));
+            f.moved += static_cast<std::uint64_t>(n);
+        }
+    }
+    {
+        auto st = backend.state();
+        INFO("the backend's connection ended (" << st.how << ") before the client's reset");
+        REQUIRE_FALSE(st.ended);
+    }
+    close_with_reset(fd);
+    const auto reset_at = clock::now();
+
+    watched_backend::outcome st;
+    auto backend_ended = [&] {
+        st = backend.state();
+        return st.ended;
+    };
+    run_until(backend_ended, 6s, 5ms);
+    f.backend_saw = st.ended ? st.how : "nothing within 6 s";
+    if (st.ended) f.backend_after = std::chrono::duration<double>(st.at - reset_at).count();
+    const bool in_time = st.ended && f.backend_after < 5.0;
+    // The upstream is reset too, both ways: a FIN would pass the truncated stream off as complete.
+    const bool as_expected = st.how == "reset";
+    std::cout << "  " << (upload ? "upload: client sent " : "download: client read ") << f.moved << " B; the backend "
+              << (upload ? "read " : "wrote ") << st.bytes << " B and saw " << f.backend_saw;
+    if (st.ended) std::cout << " " << f.backend_after << " s after the client's RST";
+    std::cout << std::endl;
+    if (!(in_time && as_expected) && sockmap_peek_bug_known && uses_maps()) {
+        f.known_bug = true;
+        loud("KNOWN DAEMON BUG (reported; see sockmap_peek_bug_known in this file): on the sockmap path a client's "
+             "reset reaches the backend as a FIN, after every redirected byte. Not failing the case for it.");
+        backend.hurry();  // lets the daemon finish its drain so the rest of the case can run
+        run_until(backend_ended, 20s, 5ms);
+        std::cout << "  after hurrying the backend: it saw " << (st.ended ? st.how : "nothing") << std::endl;
+    } else {
+        // A FIN on an upload would pass the truncated stream off as complete: the backend must see a reset.
+        CHECK(as_expected);
+        CHECK(in_time);
+    }
+
+    const double active = wait_inactive(d, route, 10s);
+    f.closed_after = seconds_since(reset_at);
+    INFO("route " << route << ": connections_active " << active << " " << f.closed_after << " s after the reset");
+    CHECK(active == 0);
+    if (!f.known_bug) CHECK(f.closed_after < 5.0);
+    require_maps_empty(d, 5s);
+    require_fds_back(d, base, 5s);
+    require_handed_off(d, route, before, 1);
+    f.backend_bytes = st.bytes;
+    return f;
+}
+
+}  // namespace
+
+TEST_CASE("a client that resets mid-upload or mid-download ends the backend's connection within 5 s, closes both "
+          "daemon sockets and leaves no map entry, and the daemon still proxies",
+          "[faults][reset]") {
+    ANNOUNCE_DATAPATH();
+    watched_backend sink(watched_backend::slow_sink), source(watched_backend::endless_source);
+    backend_server echo(backend_kind::echo);
+    auto& d = start_daemon({{"upload", {sink.address()}}, {"download", {source.address()}}, {"echo", {echo.address()}}});
+    require_echo_works(d, "echo", 0xec40, 64 * KiB);  // a first connection: what the daemon opens lazily is open
+    REQUIRE(wait_inactive(d, "echo") == 0);
+    const auto base = count_fds(d.pid());
+
+    auto up = reset_mid_transfer(d, "upload", sink, true, base);
+    auto down = reset_mid_transfer(d, "download", source, false, base);
+    require_echo_works(d, "echo", 0xec41, 64 * KiB);
+    require_clean_stop(d);
+    auto line = [](const reset_figures& f) {
+        return "backend saw " + f.backend_saw + (f.backend_after >= 0 ? " after " + fixed(f.backend_after, 3) + " s" : "") +
+               ", daemon closed both in " + fixed(f.closed_after, 3) + " s" + (f.known_bug ? " (KNOWN BUG)" : "");
+    };
+    summary("client reset mid-transfer", "upload: " + line(up) + "; download: " + line(down));
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 2. A black-holed backend before a working one
+
+TEST_CASE("with a black-holed first backend and a working second one, every client is served by the working one "
+          "within about the 1 s connect timeout, and each timeout is counted",
+          "[faults][blackhole]") {
+    ANNOUNCE_DATAPATH();
+    backend_server echo(backend_kind::echo);
+    std::unique_ptr<blackhole_netns> netns;
+    std::unique_ptr<held_listener> held;
+    std::string hole, how;
+    try {
+        netns = std::make_unique<blackhole_netns>();
+        hole = netns->address(fresh_port(AF_INET));
+        how = "netns " + netns->name() + ", SYNs answered by nobody";
+    } catch (const std::exception& e) {
+        netns.reset();
+        held = std::make_unique<held_listener>();
+        hole = held->address();
+        how = "held_listener (full accept queue on loopback)";
+        loud(std::string("black hole: no test network namespace (") + e.what() +
+             "); using a loopback listener that drops SYNs instead");
+    }
+    std::cout << "  black hole " << hole << ": " << how << std::endl;
+
+    auto& d = start_daemon({{"failover", {hole, echo.address()}, "1s"}});
+    auto m0 = d.metrics();
+    auto before = connections_of(m0, "failover");
+    const double timeouts0 = connect_errors(m0, "failover", "timeout");
+    const double others0 = connect_errors(m0, "failover", "refused") + connect_errors(m0, "failover", "unreachable") +
+                           connect_errors(m0, "failover", "other");
+
+    constexpr int n = 8;
+    std::vector<std::string> errors(n);
+    std::vector<double> took(n, -1);
+    std::vector<std::thread> clients;
+    const std::uint16_t port = d.port("failover");
+    for (int i = 0; i < n; ++i)
+        clients.emplace_back([&, i] {
+            const auto t0 = clock::now();
+            try {
+                auto fd = connect_tcp("127.0.0.1", port, 10s);
+                // No half-close: one before the hand-off would legitimately leave the sockmap path.
+                errors[i] = echo_check(fd.get(), payload(0xb1ac + i), 16 * KiB, clock::now() + 10s, false);
+            } catch (const std::exception& e) {
+                errors[i] = e.what();
+            }
+            took[i] = seconds_since(t0);
+        });
+    for (auto& t : clients) t.join();
+
+    int slow = 0;
+    double slowest = 0, fastest = 1e9;
+    for (int i = 0; i < n; ++i) {
+        INFO("client " << i << ": " << errors[i] << " after " << took[i] << " s");
+        CHECK(errors[i] == "");
+        CHECK(took[i] < 2.5);  // the 1 s connect timeout, then the working backend
+        if (took[i] >= 0.9) ++slow;
+        slowest = std::max(slowest, took[i]);
+        fastest = std::min(fastest, took[i]);
+    }
+    double timeouts = 0;
+    run_until(
+        [&] {
+            timeouts = connect_errors(d.metrics(), "failover", "timeout") - timeouts0;
+            return timeouts >= slow;
+        },
+        5s);
+    auto m1 = d.metrics();
+    const double others = connect_errors(m1, "failover", "refused") + connect_errors(m1, "failover", "unreachable") +
+                          connect_errors(m1, "failover", "other") - others0;
+    std::cout << "  " << n << " clients served; " << slow << " waited for the black hole first (slowest " << slowest
+              << " s, fastest " << fastest << " s); connect timeouts counted: " << timeouts << std::endl;
+    CHECK(slow >= 1);         // round robin sent some clients to the black hole first
+    CHECK(timeouts == slow);  // each of them is one counted timeout, nothing else
+    CHECK(others == 0);
+    if (held) CHECK(held->accepted() == 0);
+    require_handed_off(d, "failover", before, n);
+    CHECK(wait_inactive(d, "failover") == 0);
+    require_maps_empty(d);
+    require_clean_stop(d);
+    summary("black-holed backend", std::to_string(n) + " clients served, " + std::to_string(slow) +
+                                       " via the 1 s timeout (slowest " + fixed(slowest, 3) + " s, fastest " +
+                                       fixed(fastest, 3) + " s), timeouts counted " + fixed(timeouts, 0) + "; " + how);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 3. SIGTERM under load
+
+TEST_CASE("SIGTERM during 20 paced transfers: every transfer completes intact, new connections are refused, and "
+          "the daemon exits 0 within drain_timeout",
+          "[faults][sigterm]") {
+    ANNOUNCE_DATAPATH();
+    backend_server echo(backend_kind::echo);
+    constexpr auto drain_timeout = 10s;
+    auto& d = start_daemon({{"load", {echo.address()}}}, {.drain_timeout = "10s"});
+    const int n = static_cast<int>(env_long("SPLICED_TEST_SIGTERM_CONNECTIONS", 20));
+    const std::size_t len = static_cast<std::size_t>(env_long("SPLICED_TEST_SIGTERM_KIB", 4096)) * KiB;
+    const auto pace = std::chrono::milliseconds(env_long("SPLICED_TEST_SIGTERM_PACE_MS", 2500));
+    auto m0 = d.metrics();
+    auto before = connections_of(m0, "load");
+    const double promoted0 = promotions_of(m0, "load");
+
+    std::vector<std::string> errors(static_cast<std::size_t>(n), "not run");
+    std::vector<std::atomic<std::uint64_t>> echoed(static_cast<std::size_t>(n));
+    std::vector<clock::time_point> finished(static_cast<std::size_t>(n));
+    std::vector<std::thread> clients;
+    const auto start = clock::now();
+    const std::uint16_t port = d.port("load");
+    for (int i = 0; i < n; ++i)
+        clients.emplace_back([&, i] {
+            const auto k = static_cast<std::size_t>(i);
+            try {
+                auto fd = connect_tcp("127.0.0.1", port, 10s);
+                errors[k] = paced_echo(fd.get(), payload(0x5167e + i), len, pace, start + 30s, echoed[k]);
+            } catch (const std::exception& e) {
+                errors[k] = e.what();
+            }
+            finished[k] = clock::now();
+        });
+    struct joiner {
+        std::vector<std::thread>& threads;
+        ~joiner() {
+            for (auto& t : threads)
+                if (t.joinable()) t.join();
+        }
+    } join_clients{clients};
+
+    // Mid-way: every pair handed off and about 40% of the pace gone.
+    const bool all_up = wait_handed_off(d, "load", before, n);
+    std::this_thread::sleep_until(start + pace * 2 / 5);
+    std::uint64_t least = len, most = 0;
+    for (auto& e : echoed) {
+        least = std::min<std::uint64_t>(least, e);
+        most = std::max<std::uint64_t>(most, e);
+    }
+    const double promoted = promotions_of(d.metrics(), "load") - promoted0;
+    if (all_up) require_handed_off(d, "load", before, n);
+    const auto term_at = clock::now();
+    d.process->send_signal(SIGTERM);
+    const double term_into = std::chrono::duration<double>(term_at - start).count();
+    std::cout << "  SIGTERM " << term_into << " s into the transfers; echoed so far per connection: " << least << ".."
+              << most << " of " << len << " bytes" << std::endl;
+    if (datapath() == "auto")
+        std::cout << "  auto: " << promoted << " of the " << n << " paced transfers had moved to sockmap by then"
+                  << std::endl;
+    CHECK(all_up);
+    CHECK(most < len);  // none had finished: the signal came mid-transfer
+
+    // New connections are refused once the listeners are closed: at once, while the transfers still run (a daemon
+    // that kept accepting would only refuse once it exits, after them).
+    std::string last_error;
+    const bool refusing = run_until(
+        [&] {
+            try {
+                auto fd = d.connect("load", 2s);
+                last_error = "connected";
+            } catch (const std::exception& e) {
+                last_error = e.what();
+            }
+            return last_error.find("refused") != std::string::npos;
+        },
+        1s, 10ms);
+    const double refused_after = seconds_since(term_at);
+    const auto still_running = std::count_if(echoed.begin(), echoed.end(), [&](auto& e) { return e < len; });
+    INFO("last connect after SIGTERM: " << last_error);
+    CHECK(refusing);
+    INFO("transfers still running when the first connect was refused: " << still_running << " of " << n);
+    CHECK(still_running == n);
+    for (int i = 0; i < 5; ++i) {
+        INFO("connect " << i + 1 << " after the first refusal");
+        CHECK_THROWS_WITH(d.connect("load", 2s), Catch::Contains("refused"));
+    }
+    CHECK(d.process->running());  // still draining: the transfers are not done
+
+    for (auto& t : clients) t.join();
+    clock::time_point last_done = start;
+    int failed = 0;
+    for (int i = 0; i < n; ++i) {
+        const auto k = static_cast<std::size_t>(i);
+        INFO("transfer " << i << ": " << errors[k]);
+        CHECK(errors[k] == "");
+        if (!errors[k].empty()) ++failed;
+        last_done = std::max(last_done, finished[k]);
+    }
+    const int status = d.process->wait_exit(drain_timeout + 3s - std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                                     clock::now() - term_at));
+    const double exit_after = seconds_since(term_at);
+    const double done_after = std::chrono::duration<double>(last_done - term_at).count();
+    auto notified = d.process->notifications();
+    const bool stopping = std::find(notified.begin(), notified.end(), "STOPPING=1") != notified.end();
+    std::cout << "  " << n - failed << " of " << n << " transfers of " << len << " B intact, the last one done "
+              << done_after << " s after SIGTERM; first refused connect " << refused_after << " s after it; spliced "
+              << (status < 0 ? "still running" : d.process->exit_description()) << " " << exit_after
+              << " s after SIGTERM" << std::endl;
+    INFO("log:\n" << d.process->log_tail());
+    CHECK(status == 0);
+    CHECK(exit_after < std::chrono::duration<double>(drain_timeout).count() + exit_margin);
+    CHECK(exit_after - done_after < exit_margin);  // it left soon after the last connection, not at the timeout
+    CHECK(stopping);
+    if (status < 0) d.process->stop(5s);
+    summary("SIGTERM under load", std::to_string(n - failed) + "/" + std::to_string(n) + " transfers of " +
+                                      std::to_string(len / KiB) + " KiB intact; SIGTERM at " + fixed(term_into) +
+                                      " s, refused from +" + fixed(refused_after, 3) + " s, last transfer done +" +
+                                      fixed(done_after) + " s, exit " + std::to_string(status) + " at +" +
+                                      fixed(exit_after) + " s (drain_timeout 10 s)");
+}
+
+TEST_CASE("connections still open when drain_timeout passes are reset on both sides, not ended as if complete",
+          "[faults][sigterm]") {
+    ANNOUNCE_DATAPATH();
+    backend_server echo(backend_kind::echo);
+    watched_backend sink(watched_backend::slow_sink);
+    auto& d = start_daemon({{"echo", {echo.address()}}, {"upload", {sink.address()}}}, {.drain_timeout = "1s"});
+    auto m0 = d.metrics();
+    auto echo_before = connections_of(m0, "echo");
+    auto upload_before = connections_of(m0, "upload");
+
+    // A paced echo meant to last 8 s (the client's view), and an upload to a slow backend (the backend's view).
+    std::string echo_result = "not run";
+    std::atomic<std::uint64_t> echoed{0};
+    std::thread client([&, port = d.port("echo")] {
+        try {
+            auto fd = connect_tcp("127.0.0.1", port, 10s);
+            echo_result = paced_echo(fd.get(), payload(0xd7a1), 4 * MiB, 8s, clock::now() + 20s, echoed);
+        } catch (const std::exception& e) {
+            echo_result = e.what();
+        }
+    });
+    struct joiner {
+        std::thread& t;
+        ~joiner() {
+            if (t.joinable()) t.join();
+        }
+    } join_client{client};
+    auto up = d.connect("upload", 10s);
+    REQUIRE(wait_handed_off(d, "upload", upload_before, 1));
+    REQUIRE(wait_handed_off(d, "echo", echo_before, 1));
+    REQUIRE(run_until([&] { return sink.state().accepted == 1; }, 5s));
+    const auto chunk = payload(0xd7a2).bytes(0, 256 * KiB);
+    REQUIRE(send_all(up.get(), chunk.data(), chunk.size()));
+    REQUIRE(run_until([&] { return echoed > 0; }, 5s));
+
+    const auto term_at = clock::now();
+    d.process->send_signal(SIGTERM);
+    client.join();
+    watched_backend::outcome st;
+    run_until(
+        [&] {
+            st = sink.state();
+            return st.ended;
+        },
+        10s, 5ms);
+    const int status = d.process->wait_exit(10s);
+    const double exit_after = seconds_since(term_at);
+    const auto client_end = wait_closed(up.get(), 5s);
+    std::cout << "  echo client: " << echo_result << " (" << echoed << " of " << 4 * MiB << " B echoed); upload "
+              << "backend saw " << (st.ended ? st.how : "nothing") << ", upload client saw " << to_string(client_end)
+              << "; spliced " << d.process->exit_description() << " " << exit_after << " s after SIGTERM" << std::endl;
+    INFO("log:\n" << d.process->log_tail());
+    // A cut stream must not end like a complete one: ECONNRESET, not EOF, on both sides of each connection.
+    CHECK_THAT(echo_result, Catch::Contains("Connection reset by peer"));
+    CHECK(st.how == "reset");
+    CHECK(client_end == end_kind::reset);
+    CHECK(status == 0);
+    CHECK(exit_after >= 0.9);
+    CHECK(exit_after < 1.0 + exit_margin);
+    summary("drain timeout passed", "echo client: " + echo_result + "; upload backend saw " + st.how +
+                                        ", its client " + to_string(client_end) + "; exit " + std::to_string(status) +
+                                        " after " + fixed(exit_after) + " s (drain_timeout 1 s)");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 4. Connection churn
+
+namespace {
+
+// Short connections from `threads` threads until `n` are done: connect (from a spread source address), echo `len`
+// bytes in two round trips, half-close, read the EOF, close. Returns the failures (the first few described).
+struct churn_result {
+    std::uint64_t failed = 0;
+    std::string first_errors;
+    double seconds = 0;
+};
+
+churn_result churn(std::uint16_t port, std::uint64_t n, int threads, std::size_t len, std::uint64_t seed,
+                   clock::time_point deadline) {
+    churn_result out;
+    constexpr std::size_t second_part = 16;
+    std::atomic<std::uint64_t> next{0}, failed{0};
+    std::mutex mutex;
+    const auto dest = loopback(port);
+    const auto start = clock::now();
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&] {
+            std::vector<std::uint8_t> out_buf(len), in_buf(len);
+            for (std::uint64_t i; (i = next++) < n;) {
+                std::string error;
+                if (clock::now() >= deadline) {
+                    error = "not started: the run's time budget is spent";
+                } else {
+                    try {
+                        auto fd = spread_socket(i, false);
+                        set_io_timeout(fd.get(), 10s);
+                        if (connect(fd.get(), reinterpret_cast<const sockaddr*>(&dest), sizeof dest) != 0)
+                            throw std::runtime_error(std::string("connect: ") + std::strerror(errno));
+                        payload(seed + i).fill(0, out_buf.data(), len);
+                        // Two round trips: the first echo may come back through userspace before the daemon hands
+                        // the pair off (it forwards what is queued first), the second one only after that. A
+                        // half-close before the hand-off would legitimately leave the sockmap path.
+                        for (std::size_t off : {std::size_t(0), len - second_part}) {
+                            const std::size_t part = off == 0 ? len - second_part : second_part;
+                            if (!send_all(fd.get(), out_buf.data() + off, part))
+                                throw std::runtime_error(std::string("send: ") + std::strerror(errno));
+                            long got = recv_exact(fd.get(), in_buf.data() + off, part);
+                            if (got != static_cast<long>(part))
+                                throw std::runtime_error("echo: " + std::to_string(got) + " of " + std::to_string(part) +
+                                                         " bytes (" + std::strerror(errno) + ")");
+                        }
+                        if (in_buf != out_buf) throw std::runtime_error("echo differs from what was sent");
+                        shutdown(fd.get(), SHUT_WR);
+                        char extra;
+                        if (recv(fd.get(), &extra, 1, 0) != 0) throw std::runtime_error("no EOF after the echo");
+                    } catch (const std::exception& e) {
+                        error = e.what();
+                    }
+                }
+                if (!error.empty() && ++failed <= 5) {
+                    std::lock_guard lock(mutex);
+                    out.first_errors += "  connection " + std::to_string(i) + ": " + error + "\n";
+                }
+            }
+        });
+    for (auto& t : pool) t.join();
+    out.failed = failed;
+    out.seconds = seconds_since(start);
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("50,000 short connections (connect, 1 KiB echo, close) all come back intact, and afterwards the daemon "
+          "holds no more descriptors, map entries or open connections than before",
+          "[faults][churn]") {
+    ANNOUNCE_DATAPATH();
+    // Under AddressSanitizer the daemon runs several times slower: fewer connections keep the run bounded.
+    const long default_n = sanitized ? 10000 : 50000;
+    const auto n = static_cast<std::uint64_t>(env_long("SPLICED_TEST_CHURN_N", default_n));
+    const int threads = static_cast<int>(env_long("SPLICED_TEST_CHURN_THREADS", 8));
+    if (static_cast<long>(n) != 50000)
+        loud("churn: " + std::to_string(n) + " connections instead of 50,000 (" +
+             (std::getenv("SPLICED_TEST_CHURN_N") ? std::string("SPLICED_TEST_CHURN_N")
+                                                  : std::string("AddressSanitizer build: the daemon is several times "
+                                                                "slower; SPLICED_TEST_CHURN_N overrides")) +
+             ")");
+    echo_peer peer(4);  // four backend ports: the daemon's TIME_WAITs spread over four destinations
+    auto& d = start_daemon({{"churn", peer.addresses()}}, {.access_log = "off"});
+    const auto started = connections_of(d.metrics(), "churn");
+
+    // Warm-up: thread stacks, allocator arenas and the pipe pool reach their working size.
+    constexpr std::uint64_t warmup = 500;
+    auto w = churn(d.port("churn"), warmup, threads, KiB, 0xc0ffee, clock::now() + 60s);
+    INFO("warm-up failures:\n" << w.first_errors);
+    REQUIRE(w.failed == 0);
+    REQUIRE(wait_inactive(d, "churn") == 0);
+    const auto base = count_fds(d.pid());
+    const long rss0 = rss_kib(d.pid());
+    const auto peer0 = peer.query();
+
+    auto r = churn(d.port("churn"), n, threads, KiB, 0x5eed0000, clock::now() + 150s);
+    const double rate = static_cast<double>(n) / r.seconds;
+    std::cout << "  " << n - r.failed << " of " << n << " connections intact in " << r.seconds << " s: " << rate
+              << " connections/s (" << threads << " client threads)" << std::endl;
+    INFO("failures (first 5):\n" << r.first_errors);
+    CHECK(r.failed == 0);
+
+    const double active = wait_inactive(d, "churn", 10s);
+    CHECK(active == 0);
+    require_maps_empty(d);
+    const auto fds = wait_fds_back(d, base);
+    const long rss1 = rss_kib(d.pid());
+    const auto peer1 = peer.query();
+    std::cout << "  daemon descriptors: " << base.text() << " before, " << fds.text() << " after; RSS " << rss0
+              << " KiB before, " << rss1 << " KiB after (" << (rss1 - rss0) << " KiB, "
+              << fixed(double(rss1 - rss0) * 1024 / double(n), 1) << " B per connection)" << std::endl;
+    check_fds_back(fds, base);
+    // A leak of even 256 B per connection would show; under ASan the quarantine holds freed memory on purpose.
+    if (!sanitized) CHECK(rss1 - rss0 < static_cast<long>(n * 256 / 1024) + 8 * 1024);
+    CHECK(peer1.accepted - peer0.accepted == n);
+    CHECK(peer1.open == 0);
+    require_handed_off(d, "churn", started, static_cast<double>(warmup + n));
+    require_clean_stop(d);
+    summary("connection churn", std::to_string(n) + " connections in " + fixed(r.seconds) + " s = " + fixed(rate, 0) +
+                                    " conn/s (" + std::to_string(threads) + " threads), " +
+                                    std::to_string(r.failed) + " failed; fds " + std::to_string(base.total()) + " -> " +
+                                    std::to_string(fds.total()) + "; RSS +" + std::to_string(rss1 - rss0) + " KiB (" +
+                                    fixed(double(rss1 - rss0) * 1024 / double(n), 1) + " B/conn)");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// 5. Many idle connections
+
+namespace {
+
+// Opens connections [from, to) of `clients` (non-blocking, spread sources), each echoing 16 bytes once they are up.
+// Returns "" or what went wrong.
+std::string open_and_echo(std::vector<unique_fd>& clients, std::size_t from, std::size_t to, std::uint16_t port,
+                          std::uint64_t offset) {
+    const auto dest = loopback(port);
+    const auto deadline = clock::now() + 20s;
+    for (std::size_t i = from; i < to; ++i) {
+        clients[i] = spread_socket(i, true);
+        if (connect(clients[i].get(), reinterpret_cast<const sockaddr*>(&dest), sizeof dest) != 0 &&
+            errno != EINPROGRESS)
+            return "connect " + std::to_string(i) + ": " + std::strerror(errno);
+    }
+    // Connected (writable), then 16 bytes out, then the same 16 bytes back.
+    enum stage { connecting, waiting_echo, done };
+    std::vector<stage> stages(to - from, connecting);
+    std::vector<pollfd> pfds;
+    std::size_t left = to - from;
+    std::uint8_t buf[16];
+    while (left > 0) {
+        if (clock::now() >= deadline)
+            return std::to_string(left) + " of " + std::to_string(to - from) + " connections not echoed within 20 s";
+        pfds.clear();
+        for (std::size_t i = from; i < to; ++i)
+            if (stages[i - from] != done)
+                pfds.push_back({clients[i].get(), static_cast<short>(stages[i - from] == connecting ? POLLOUT : POLLIN), 0});
+        if (poll(pfds.data(), pfds.size(), 200) <= 0) continue;
+        std::size_t k = 0;
+        for (std::size_t i = from; i < to; ++i) {
+            if (stages[i - from] == done) continue;
+            const pollfd& p = pfds[k++];
+            if (!p.revents) continue;
+            const payload pl(0x1d1e0000 + i);
+            if (stages[i - from] == connecting) {
+                int err = 0;
+                socklen_t len = sizeof err;
+                getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+                if (err) return "connect " + std::to_string(i) + ": " + std::strerror(err);
+                pl.fill(offset, buf, sizeof buf);
+                if (send(p.fd, buf, sizeof buf, MSG_NOSIGNAL) != sizeof buf)
+                    return "send " + std::to_string(i) + ": " + std::strerror(errno);
+                stages[i - from] = waiting_echo;
+            } else {
+                std::uint8_t got[16];
+                ssize_t n = recv(p.fd, got, sizeof got, MSG_PEEK);
+                if (n == 0) return "EOF on connection " + std::to_string(i);
+                if (n < 0 && errno != EAGAIN) return "recv " + std::to_string(i) + ": " + std::strerror(errno);
+                if (n < static_cast<ssize_t>(sizeof got)) continue;  // the rest is on its way
+                recv(p.fd, got, sizeof got, 0);
+                pl.fill(offset, buf, sizeof buf);
+                if (std::memcmp(got, buf, sizeof got) != 0) return "echo differs on connection " + std::to_string(i);
+                stages[i - from] = done;
+                --left;
+            }
+        }
+    }
+    return "";
+}
+
+// Echoes 16 more bytes on every open connection (1000 at a time). Returns "" or what went wrong.
+std::string echo_on_all(std::vector<unique_fd>& clients, std::uint64_t offset) {
+    for (std::size_t from = 0; from < clients.size(); from += 1000) {
+        const std::size_t to = std::min(clients.size(), from + 1000);
+        const auto deadline = clock::now() + 20s;
+        std::uint8_t buf[16];
+        for (std::size_t i = from; i < to; ++i) {
+            payload(0x1d1e0000 + i).fill(offset, buf, sizeof buf);
+            if (send(clients[i].get(), buf, sizeof buf, MSG_NOSIGNAL) != sizeof buf)
+                return "send " + std::to_string(i) + ": " + std::strerror(errno);
+        }
+        std::vector<bool> done(to - from, false);
+        std::size_t left = to - from;
+        std::vector<pollfd> pfds;
+        while (left > 0) {
+            if (clock::now() >= deadline) return std::to_string(left) + " connections did not echo within 20 s";
+            pfds.clear();
+            for (std::size_t i = from; i < to; ++i)
+                if (!done[i - from]) pfds.push_back({clients[i].get(), POLLIN, 0});
+            if (poll(pfds.data(), pfds.size(), 200) <= 0) continue;
+            std::size_t k = 0;
+            for (std::size_t i = from; i < to; ++i) {
+                if (done[i - from]) continue;
+                if (!pfds[k++].revents) continue;
+                std::uint8_t got[16];
+                ssize_t n = recv(clients[i].get(), got, sizeof got, MSG_PEEK);
+                if (n == 0) return "EOF on connection " + std::to_string(i);
+                if (n < static_cast<ssize_t>(sizeof got)) continue;
+                recv(clients[i].get(), got, sizeof got, 0);
+                payload(0x1d1e0000 + i).fill(offset, buf, sizeof buf);
+                if (std::memcmp(got, buf, sizeof got) != 0) return "echo differs on connection " + std::to_string(i);
+                done[i - from] = true;
+                --left;
+            }
+        }
+    }
+    return "";
+}
+
+}  // namespace
+
+TEST_CASE("10,000 idle connections (or as many as the daemon's descriptor limit fits) stay open and working; "
+          "closing them returns the daemon to its descriptors, map entries and open connections before",
+          "[faults][idle]") {
+    ANNOUNCE_DATAPATH();
+    echo_peer peer(2);
+    auto& d = start_daemon({{"idle", peer.addresses()}}, {.access_log = "off"});
+    require_echo_works(d, "idle", 0x1d1e, 1024);  // warm-up, and a proof that the route works
+    REQUIRE(wait_inactive(d, "idle") == 0);
+    auto m0 = d.metrics();
+    const auto before = connections_of(m0, "idle");
+    const double promoted0 = promotions_of(m0, "idle");
+
+    // Descriptors per connection in the daemon: two sockets, plus two pipes (four fds) on splice. On auto the pair
+    // starts on splice and drops its pipes when it moves to sockmap: batches wait for that, so at most a batch
+    // holds pipes at a time.
+    constexpr std::size_t batch = 200;
+    const long limit = fd_limit(d.pid());
+    const auto base = count_fds(d.pid());
+    const long per_conn = datapath() == "splice" ? 6 : 2;
+    const long reserve = 64 + (uses_pipes() ? pooled_pipe_fds : 0) + (datapath() == "auto" ? long(batch) * 4 : 0);
+    const long fit = (limit - base.total() - reserve) / per_conn;
+    const long wanted = env_long("SPLICED_TEST_IDLE_N", 10000);
+    const auto n = static_cast<std::size_t>(std::max(0L, std::min(wanted, fit)));
+    if (static_cast<long>(n) < wanted)
+        loud("idle connections: holding " + std::to_string(n) + ", not " + std::to_string(wanted) +
+             ": the daemon's RLIMIT_NOFILE is " + std::to_string(limit) + " (this machine's hard limit, which the "
+             "test cannot raise), it holds " + std::to_string(base.total()) + " descriptors already, and the " +
+             datapath() + " path needs " + std::to_string(per_conn) + " per connection (" + std::to_string(reserve) +
+             " kept in reserve)");
+    else
+        std::cout << "  holding " << n << " idle connections (daemon RLIMIT_NOFILE " << limit << ")" << std::endl;
+    REQUIRE(n >= 1000);
+    const long rss0 = rss_kib(d.pid());
+
+    std::vector<unique_fd> clients(n);
+    const auto t_open = clock::now();
+    for (std::size_t from = 0; from < n; from += batch) {
+        const std::size_t to = std::min(n, from + batch);
+        auto error = open_and_echo(clients, from, to, d.port("idle"), 0);
+        INFO("opening connections " << from << ".." << to << "; daemon descriptors " << count_fds(d.pid()).text());
+        REQUIRE(error == "");
+        if (datapath() == "auto") {
+            double promoted = 0;
+            bool caught_up = run_until(
+                [&] {
+                    promoted = promotions_of(d.metrics(), "idle") - promoted0;
+                    return promoted >= double(to);
+                },
+                10s, 10ms);
+            INFO("auto: " << promoted << " of " << to << " idle connections moved to sockmap");
+            REQUIRE(caught_up);
+        }
+    }
+    const double open_secs = seconds_since(t_open);
+
+    // All established end to end, on the path under test.
+    double active = 0;
+    bool all_active = run_until(
+        [&] {
+            active = active_of(d.metrics(), "idle");
+            return active == double(n);
+        },
+        10s, 50ms);
+    INFO("connections_active " << active << " of " << n);
+    REQUIRE(all_active);
+    require_handed_off(d, "idle", before, double(n));
+    if (datapath() == "auto") CHECK(promotions_of(d.metrics(), "idle") - promoted0 == double(n));
+    auto peer_stats = peer.query();
+    CHECK(peer_stats.open == n);
+    if (uses_maps()) {
+        map_entries e;
+        bool all_in = run_until(
+            [&] {
+                e = entries_of(d.pid());
+                return e.sockhash == 2 * n && e.peers == 2 * n;
+            },
+            10s, 100ms);
+        INFO("sockhash " << e.sockhash << ", peers " << e.peers << " entries; expected " << 2 * n << " each");
+        CHECK(all_in);
+    }
+    std::this_thread::sleep_for(500ms);  // let the daemon settle (freed frames, trimmed buffers) before measuring
+    const long rss1 = rss_kib(d.pid());
+    const auto held = count_fds(d.pid());
+    const double kib_per_conn = double(rss1 - rss0) / double(n);
+    const double fds_per_conn = double(held.total() - base.total()) / double(n);
+    std::cout << "  " << n << " idle connections open in " << open_secs << " s; daemon RSS " << rss0 << " -> " << rss1
+              << " KiB = " << fixed(kib_per_conn) << " KiB per connection; descriptors " << base.text() << " -> "
+              << held.text() << " = " << fixed(fds_per_conn) << " per connection" << std::endl;
+
+    // Still working after all that time idle (on auto: now through the redirect).
+    auto echo_error = echo_on_all(clients, 16);
+    CHECK(echo_error == "");
+
+    const auto t_close = clock::now();
+    clients.clear();  // plain close: FIN from every client
+    active = wait_inactive(d, "idle", 30s);
+    const double close_secs = seconds_since(t_close);
+    CHECK(active == 0);
+    require_maps_empty(d, 10s);
+    const auto after = wait_fds_back(d, base, 10s);
+    check_fds_back(after, base);
+    CHECK(run_until([&] { return peer.query().open == 0; }, 10s, 50ms));
+    const long rss2 = rss_kib(d.pid());
+    std::cout << "  all closed in " << close_secs << " s; descriptors " << after.text() << ", RSS " << rss2 << " KiB"
+              << std::endl;
+    require_clean_stop(d);
+    summary("idle connections", std::to_string(n) + (static_cast<long>(n) < wanted ? " (fd limit)" : "") +
+                                    " held; RSS " + fixed(kib_per_conn) + " KiB/conn (" + std::to_string(rss0) + " -> " +
+                                    std::to_string(rss1) + " KiB); fds " + fixed(fds_per_conn) + "/conn (" +
+                                    std::to_string(base.total()) + " -> " + std::to_string(held.total()) + " -> " +
+                                    std::to_string(after.total()) + "); opened in " + fixed(open_secs) +
+                                    " s, closed in " + fixed(close_secs) + " s");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+void end_fault_case(const std::string& name, bool failed) {
+    if (!current) return;
+    if (failed) {
+        current->dir.keep();
+        std::cerr << "---- spliced log (tail) after failed case \"" << name << "\" ----\n"
+                  << current->process->log_tail(60) << "---- end of spliced log; config and log kept in "
+                  << current->dir.path() << " ----\n";
+    }
+    current.reset();  // SIGKILLs a daemon a failed case left running
+}
+
+}  // namespace it
