@@ -810,6 +810,7 @@ TEST_CASE("with a black-holed first backend and a working second one, every clie
     constexpr int n = 8;
     std::vector<std::string> errors(n);
     std::vector<double> took(n, -1);
+    std::vector<unique_fd> kept(n);
     std::vector<std::thread> clients;
     const std::uint16_t port = d.port("failover");
     for (int i = 0; i < n; ++i)
@@ -819,12 +820,17 @@ TEST_CASE("with a black-holed first backend and a working second one, every clie
                 auto fd = connect_tcp("127.0.0.1", port, 10s);
                 // No half-close: one before the hand-off would legitimately leave the sockmap path.
                 errors[i] = echo_check(fd.get(), payload(0xb1ac + i), 16 * KiB, clock::now() + 10s, false);
+                // Nor a close: the whole echo can come back through the pre-insertion forwarding, and a client
+                // that closes then is no longer ESTABLISHED at the insert (it runs on splice, rightly).
+                kept[i] = std::move(fd);
             } catch (const std::exception& e) {
                 errors[i] = e.what();
             }
             took[i] = seconds_since(t0);
         });
     for (auto& t : clients) t.join();
+    wait_handed_off(d, "failover", before, n);
+    kept.clear();
 
     int slow = 0;
     double slowest = 0, fastest = 1e9;
