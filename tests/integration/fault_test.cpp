@@ -3,7 +3,7 @@
 #include <catch2/catch.hpp>
 
 #include "echo_peer.hpp"
-#include "fault_suite.hpp"
+#include "suite.hpp"
 #include "harness.hpp"
 
 #include <algorithm>
@@ -146,7 +146,7 @@ private:
     std::map<std::string, std::uint16_t> port_;
 };
 
-std::unique_ptr<case_daemon> current;  // the running case's daemon; released by end_fault_case
+std::unique_ptr<case_daemon> current;  // the running case's daemon; released by after_case
 
 [[noreturn]] void skip_run(const std::string& why) {
     loud("SKIPPED: " + why);
@@ -1401,7 +1401,9 @@ TEST_CASE("10,000 idle connections (or as many as the daemon's descriptor limit 
 
 // ---------------------------------------------------------------------------------------------------------
 
-void end_fault_case(const std::string& name, bool failed) {
+// On failure, prints the tail of the log of the daemon the case started and keeps its temporary directory; then
+// stops that daemon (SIGKILL) if it is still running.
+void after_case(const std::string& name, bool failed) {
     if (!current) return;
     if (failed) {
         current->dir.keep();
@@ -1411,5 +1413,7 @@ void end_fault_case(const std::string& name, bool failed) {
     }
     current.reset();  // SIGKILLs a daemon a failed case left running
 }
+
+bool after_suite(bool) { return true; }  // each case stops its own daemon
 
 }  // namespace it

@@ -399,7 +399,11 @@ void pump(std::vector<burst_client>& clients, std::chrono::milliseconds budget, 
 
 }  // namespace
 
-std::string daemon_log_tail() { return last_log_tail; }
+void after_case(const std::string& case_name, bool failed) {
+    if (failed) print_log_tail(case_name, last_log_tail);
+}
+
+bool after_suite(bool) { return true; }  // each case stops its own daemon
 
 // ---------------------------------------------------------------------------------------------------------
 

@@ -1107,8 +1107,21 @@ TEST_CASE("after every case, no route has an active connection and no sockhash, 
 
 // ---------------------------------------------------------------------------------------------------------
 
-std::string daemon_log_tail() { return the_fixture ? the_fixture->daemon->log_tail(40) : std::string(); }
+bool finish_suite(bool keep_files);
 
+void after_case(const std::string& case_name, bool failed) {
+    if (failed && the_fixture) print_log_tail(case_name, the_fixture->daemon->log_tail(40));
+}
+
+bool after_suite(bool any_case_failed) {
+    const bool clean = finish_suite(any_case_failed);
+    if (!clean) std::cerr << "FAILED: the shared spliced daemon did not finish cleanly (see above)\n";
+    return clean;
+}
+
+// If a test started the shared daemon: checks that no map entry is left (sockmap, auto), stops it with SIGTERM
+// and checks exit status 0. Prints what failed and returns false on any failure. With keep_files (or on a
+// failure here) the temp directory with the config and the daemon's log is left in place.
 bool finish_suite(bool keep_files) {
     if (!the_fixture) return true;
     struct release_fixture {

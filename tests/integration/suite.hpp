@@ -1,23 +1,28 @@
-// What main.cpp and the test cases share: the run's settings and the end-of-run check of the shared daemon.
+// What a black-box suite's runner (runner.cpp) and its cases share: the run's settings and the suite's hooks.
 #pragma once
 
 #include <string>
 
 namespace it {
 
-// Read from the environment by main before any test runs.
+// Read from the environment by run_suite() before any test runs.
 struct run_settings {
     std::string binary;    // SPLICED_BINARY
     std::string datapath;  // SPLICED_TEST_DATAPATH: sockmap | splice | copy | auto
 };
 run_settings& settings();
 
-// If a test started the shared daemon: checks that no sockhash/peers entry is left (sockmap), stops it with
-// SIGTERM and checks exit status 0. Prints what failed and returns false on any failure. With keep_files (or
-// on a failure here) the temp directory with the config and the daemon's log is left in place.
-bool finish_suite(bool keep_files);
+// A suite's main: checks the settings (exit 2 if unusable), skips (77) without root on sockmap/auto, raises
+// RLIMIT_NOFILE to its hard limit, runs the cases; 0 only if every case passed and after_suite() is content.
+// `what` names the suite in messages ("integration tests").
+int run_suite(int argc, char* argv[], const std::string& what);
 
-// The tail of the shared daemon's log, or "" if none was started.
-std::string daemon_log_tail();
+// Defined by each suite. After every case (e.g. shows the daemon's log when it failed) ...
+void after_case(const std::string& case_name, bool failed);
+// ... and after the last one (e.g. stops a shared daemon and checks its clean exit); false on a failure there.
+bool after_suite(bool any_case_failed);
+
+// Prints the tail of a daemon's log under a header naming the failed case (nothing if `tail` is empty).
+void print_log_tail(const std::string& case_name, const std::string& tail);
 
 }  // namespace it
