@@ -26,6 +26,7 @@ namespace {
 
 // One thread with its own io_context and its own SO_REUSEPORT listeners.
 struct worker {
+    proxy::session_registry live;  // outlives the io_context, whose destruction may end sessions
     net::asio::io_context io{1};
     std::vector<std::pair<net::tcp::acceptor, std::shared_ptr<proxy::route_runtime>>> listeners;
     std::thread thread;
@@ -72,14 +73,17 @@ int reset_open_connections() {
 
 struct app::impl {
     config::config cfg;
-    metrics::registry metrics;
+    // Before the metrics: a scrape reads the engine's counters, so the engine must outlive the exposer.
     std::unique_ptr<datapath::sockmap_engine> engine;
+    metrics::registry metrics;
     std::shared_ptr<spdlog::logger> access_log;
     std::vector<std::shared_ptr<proxy::route_runtime>> routes;
-    std::vector<std::unique_ptr<worker>> workers;
     std::atomic<long> active{0};
     std::atomic<std::uint64_t> next_id{1};
+    std::vector<std::unique_ptr<worker>> workers;  // destroyed first: the sessions use everything above
     net::asio::io_context main_io{1};
+    // Made before READY=1 is sent, so that from then on every signal is handled.
+    net::asio::signal_set signals{main_io, SIGTERM, SIGINT, SIGHUP};
 
     explicit impl(config::config c) : cfg(std::move(c)) {}
 
@@ -89,8 +93,10 @@ struct app::impl {
     void start_workers();
     void stop_accepting();
     void stop_workers();
+    void cut_sessions();
     net::awaitable<void> serve_signals();
     net::awaitable<void> drain();
+    net::awaitable<void> cut_and_wait();
 };
 
 datapath::kind app::impl::resolve(const config::route& r, const datapath::probe_report* report) const {
@@ -155,18 +161,12 @@ void app::impl::choose_datapaths() {
         } else {
             spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);
         }
-        auto route = std::make_shared<proxy::route_runtime>(r, k, metrics.add_route(r));
-        route->promote_to_sockmap = promote;
-        routes.push_back(std::move(route));
+        routes.push_back(std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, metrics.add_route(r)));
     }
     auto* e = engine.get();
     metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
                                 "Redirects whose peer socket was missing; that direction moved to userspace copy",
                                 [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
-    metrics.add_sampled_counter("spliced_sockmap_demotions_total",
-                                "Sockmap directions moved to userspace copy because the peer fell too far behind what "
-                                "was redirected to it (egress bound)",
-                                [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_EGRESS_DEMOTED)) : 0.0; });
 }
 
 void app::impl::open_listeners() {
@@ -183,8 +183,8 @@ void app::impl::open_listeners() {
 }
 
 void app::impl::start_workers() {
-    proxy::session_env env{engine.get(), access_log.get(), &active};
     for (auto& w : workers) {
+        proxy::session_env env{engine.get(), access_log.get(), &active, &w->live};
         for (auto& [acceptor, route] : w->listeners) {
             auto on_accept = [this, env, route = route, &io = w->io](net::tcp::socket s) {
                 auto id = next_id.fetch_add(1, std::memory_order_relaxed);
@@ -216,6 +216,13 @@ void app::impl::stop_accepting() {
         });
 }
 
+void app::impl::cut_sessions() {
+    for (auto& w : workers)
+        net::asio::post(w->io, [w = w.get()] {
+            if (auto n = w->live.cut_all()) spdlog::debug("cut {} session(s)", n);
+        });
+}
+
 void app::impl::stop_workers() {
     for (auto& w : workers) w->io.stop();
     for (auto& w : workers)
@@ -230,15 +237,28 @@ net::awaitable<void> app::impl::drain() {
         timer.expires_after(std::chrono::milliseconds(20));
         co_await timer.async_wait(net::use_tuple);
     }
-    if (long left = active.load(); left > 0)
+    if (long left = active.load(); left > 0) {
         spdlog::warn("drain timeout ({} ms) reached with {} connection(s) open; resetting them",
                      cfg.drain_timeout.count(), left);
-    else
+        co_await cut_and_wait();
+    } else {
         spdlog::info("drained: no connection left");
+    }
+}
+
+net::awaitable<void> app::impl::cut_and_wait() {
+    // Each cut session resets both sides and writes its access-log line; those still connecting
+    // end within their connect timeout. Whatever is left after this wait is finished at stop.
+    cut_sessions();
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(250);
+    while (active.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+        timer.expires_after(std::chrono::milliseconds(5));
+        co_await timer.async_wait(net::use_tuple);
+    }
 }
 
 net::awaitable<void> app::impl::serve_signals() {
-    net::asio::signal_set signals(main_io, SIGTERM, SIGINT, SIGHUP);
     for (;;) {
         auto [ec, sig] = co_await signals.async_wait(net::use_tuple);
         if (ec) co_return;
@@ -249,9 +269,13 @@ net::awaitable<void> app::impl::serve_signals() {
         spdlog::info("{}: stop accepting, draining up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                      cfg.drain_timeout.count());
         sys::notify("STOPPING=1");
-        // A second signal while draining stops at once.
+        // A second signal while draining ends it at once: open connections are cut.
         using namespace net::asio::experimental::awaitable_operators;
-        co_await (drain() || next_signal(signals));
+        auto ended = co_await (drain() || next_signal(signals));
+        if (ended.index() == 1) {
+            spdlog::warn("second signal: resetting {} open connection(s)", active.load());
+            co_await cut_and_wait();
+        }
         main_io.stop();
         co_return;
     }
@@ -269,7 +293,9 @@ app::app(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
 }
 
 app::~app() {
-    if (impl_) impl_->stop_workers();
+    if (!impl_) return;
+    impl_->metrics.stop_serving();
+    impl_->stop_workers();
 }
 
 int app::run() {
@@ -281,10 +307,15 @@ int app::run() {
     spdlog::info("spliced {} ready", SPLICED_VERSION);
     sys::notify("READY=1\nSTATUS=serving");
     d.main_io.run();  // until serve_signals() has drained and stopped it
+    d.metrics.stop_serving();  // no scrape runs while the rest is torn down
     d.stop_workers();
-    // Sessions still open now (drain timeout, or a second signal) close when the workers are destroyed:
-    // with a reset, since they are cut short.
-    if (d.active.load() > 0) spdlog::info("{} TCP socket(s) set to close with a reset", reset_open_connections());
+    // Sessions still open now were cut but did not end in time (e.g. still connecting): end them here,
+    // each with a reset and its access-log line.
+    std::size_t left = 0;
+    for (auto& w : d.workers) left += w->live.finish_all();
+    if (left) spdlog::info("{} connection(s) closed with a reset at exit", left);
+    // Any TCP socket still open (an upstream still connecting) closes with a reset too.
+    reset_open_connections();
     spdlog::info("stopped");
     return 0;
 }

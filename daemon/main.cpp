@@ -5,6 +5,7 @@
 #include "datapath/splice_pump.hpp"
 #include "log/log.hpp"
 
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -38,6 +39,12 @@ int features() {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // A write to a socket whose peer is gone (splice(2) has no MSG_NOSIGNAL) must be an EPIPE for that
+    // connection, never the death of the process.
+    std::signal(SIGPIPE, SIG_IGN);
+    // A SIGHUP (reload) that comes while the daemon starts up, before its signal handling exists,
+    // must not end it; from READY=1 on, the app's signal set takes it.
+    std::signal(SIGHUP, SIG_IGN);
     std::string config_path;
     bool check_only = false;
     for (int i = 1; i < argc; ++i) {
@@ -78,6 +85,7 @@ int main(int argc, char** argv) {
     }
     try {
         spliced::log::init(cfg.log);
+        spdlog::info("spliced {} starting: config {}", SPLICED_VERSION, config_path);
         spliced::app app(std::move(cfg));
         return app.run();
     } catch (const std::exception& e) {

@@ -41,6 +41,29 @@ const char* to_string(end_reason r) {
     return "?";
 }
 
+void path_log::ran_on(kind k) {
+    if (count_ > 0 && paths_[count_ - 1] == k) return;
+    if (count_ < paths_.size()) paths_[count_++] = k;
+}
+
+std::string path_log::text() const {
+    if (count_ == 0) return "-";
+    std::string out;
+    for (std::uint8_t i = 0; i < count_; ++i) {
+        if (i) out += '+';
+        out += to_string(paths_[i]);
+    }
+    return out;
+}
+
+std::chrono::steady_clock::duration progress_clock::quiet(std::uint64_t total, time_point now) {
+    if (changed_ == time_point{} || total != total_) {
+        total_ = total;
+        changed_ = now;
+    }
+    return now - changed_;
+}
+
 void pair_state::abort(end_reason why) {
     if (aborted) return;
     aborted = true;
@@ -56,24 +79,30 @@ end_reason pair_state::reset_reason(const net::tcp::socket& s) const {
 
 namespace {
 
-// Milliseconds since either socket last received data (TCP_INFO works on every data path,
-// including sockmap where userspace never sees the bytes).
-std::chrono::milliseconds quiet_for(pair_state& p) {
-    sys::tcp_stats a, b;
-    if (sys::tcp_stats_of(p.client.native_handle(), a) || sys::tcp_stats_of(p.upstream.native_handle(), b))
-        return std::chrono::milliseconds::max();
-    return std::chrono::milliseconds(std::min(a.last_data_recv_ms, b.last_data_recv_ms));
+// How often the idle check samples the counters: a quarter of the timeout (at least 1 ms).
+std::chrono::milliseconds idle_sample(const pair_state& p) {
+    return std::max(std::chrono::milliseconds(1), p.idle / 4);
 }
 
 }  // namespace
 
+std::chrono::milliseconds idle_first_check(const pair_state& p) { return idle_sample(p); }
+
 bool idle_check(pair_state& p, std::chrono::milliseconds& next) {
-    const auto quiet = quiet_for(p);
+    // TCP_INFO works on every data path, including sockmap where userspace never sees the bytes.
+    sys::tcp_stats a, b;
+    if (sys::tcp_stats_of(p.client.native_handle(), a) || sys::tcp_stats_of(p.upstream.native_handle(), b)) {
+        p.abort(end_reason::error);
+        return false;
+    }
+    const std::uint64_t total = a.bytes_received + a.bytes_acked + b.bytes_received + b.bytes_acked;
+    const auto quiet = p.progress.quiet(total, std::chrono::steady_clock::now());
     if (quiet >= p.idle) {
         p.abort(end_reason::idle_timeout);
         return false;
     }
-    next = p.idle - quiet;
+    next = std::min(idle_sample(p),
+                    std::chrono::ceil<std::chrono::milliseconds>(p.idle - quiet));
     return true;
 }
 
@@ -81,7 +110,7 @@ namespace {
 
 net::awaitable<void> idle_watchdog(pair_state& p) {
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
-    auto wait = p.idle;
+    auto wait = idle_first_check(p);
     for (;;) {
         timer.expires_after(wait);
         auto [ec] = co_await timer.async_wait(net::use_tuple);
@@ -90,6 +119,12 @@ net::awaitable<void> idle_watchdog(pair_state& p) {
 }
 
 }  // namespace
+
+net::awaitable<bool> with_idle_watchdog(pair_state& p, net::awaitable<void> task) {
+    using namespace net;
+    auto result = co_await (std::move(task) || idle_watchdog(p));
+    co_return result.index() == 0;
+}
 
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward) {
     using namespace net;
@@ -143,6 +178,25 @@ net::awaitable<bool> wait_writable(pair_state& p, net::tcp::socket& from, net::t
     co_return !ec;
 }
 
+net::awaitable<bool> write_all(pair_state& p, net::tcp::socket& from, net::tcp::socket& to, const char* data,
+                               std::size_t n) {
+    // Piecewise, waiting with wait_writable(): a reset of `from` ends the pair even while `to` is slow.
+    for (std::size_t written = 0; written < n;) {
+        if (p.aborted) co_return false;
+        boost::system::error_code write_ec;
+        written += to.write_some(net::asio::buffer(data + written, n - written), write_ec);
+        if (write_ec == net::asio::error::would_block || write_ec == net::asio::error::try_again) {
+            // (g++ 12 miscompiles co_await inside an if condition: await into a variable first.)
+            const bool writable = co_await wait_writable(p, from, to);
+            if (!writable) co_return false;
+        } else if (write_ec) {
+            if (!p.aborted) p.abort(p.reset_reason(to));
+            co_return false;
+        }
+    }
+    co_return true;
+}
+
 net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
                                     std::uint64_t* copied) {
     // Allocated on first data, so a connection that never uses this direction costs nothing.
@@ -167,19 +221,8 @@ net::awaitable<bool> copy_until_eof(pair_state& p, net::tcp::socket& from, net::
             p.abort(p.reset_reason(from));
             co_return false;
         }
-        // Piecewise, waiting with wait_writable(): a reset of `from` ends the pair even while `to` is slow.
-        for (std::size_t written = 0; written < n;) {
-            boost::system::error_code write_ec;
-            written += to.write_some(net::asio::buffer(buffer->data() + written, n - written), write_ec);
-            if (write_ec == net::asio::error::would_block || write_ec == net::asio::error::try_again) {
-                // (g++ 12 miscompiles co_await inside an if condition: await into a variable first.)
-                const bool writable = co_await wait_writable(p, from, to);
-                if (!writable) co_return false;
-            } else if (write_ec) {
-                if (!p.aborted) p.abort(p.reset_reason(to));
-                co_return false;
-            }
-        }
+        const bool written = co_await write_all(p, from, to, buffer->data(), n);
+        if (!written) co_return false;
         if (copied) *copied += n;
     }
 }

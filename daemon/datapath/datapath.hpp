@@ -2,10 +2,14 @@
 #pragma once
 
 #include "config/config.hpp"
+#include "datapath/sockmap.hpp"
 #include "net/asio.hpp"
 
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <optional>
+#include <string>
 
 namespace spliced::datapath {
 
@@ -22,19 +26,57 @@ enum class fallback_reason { map_full, not_established, busy_sender, error };
 inline constexpr std::size_t fallback_reason_count = 4;
 const char* to_string(fallback_reason r);
 
-// How a proxied pair ended.
+// How a proxied pair ended. Every reason but `completed` closes both sockets with a reset: a peer
+// sees a clean FIN only after the complete stream its other side sent.
 enum class end_reason { completed, idle_timeout, client_reset, upstream_reset, error, shutdown };
 const char* to_string(end_reason r);
 
+// The data paths one connection ran on, in order ("sockmap+copy" after a demotion, "splice+sockmap"
+// after a promotion); what the access log's `datapath` field says.
+class path_log {
+public:
+    // Appends `k` unless it is the path the connection is on already.
+    void ran_on(kind k);
+    bool empty() const { return count_ == 0; }
+    kind first() const { return paths_[0]; }
+    std::string text() const;  // "-" when empty
+
+private:
+    std::array<kind, 4> paths_{};
+    std::uint8_t count_ = 0;
+};
+
+// Idle accounting from byte counters: a pair is idle while no byte counter of either socket moves
+// (nothing received from a peer, nothing acknowledged by one), so a slow reader that is still being
+// fed is not idle, and a stalled one is. The counters are 64-bit, so any timeout works (TCP_INFO's
+// millisecond "last received" fields wrap after 49.7 days).
+class progress_clock {
+public:
+    using time_point = std::chrono::steady_clock::time_point;
+    // Records the counters' sum seen at `now`; returns for how long it has not changed (zero on the
+    // first call, which starts the clock).
+    std::chrono::steady_clock::duration quiet(std::uint64_t total, time_point now);
+
+private:
+    std::uint64_t total_ = 0;
+    time_point changed_{};
+};
+
 // Both sockets of one proxied connection, borrowed from the session that owns them.
 struct pair_state {
+    pair_state(net::tcp::socket& c, net::tcp::socket& u, std::chrono::milliseconds idle_timeout)
+        : client(c), upstream(u), idle(idle_timeout) {}
     net::tcp::socket& client;
     net::tcp::socket& upstream;
     std::chrono::milliseconds idle;
     end_reason reason = end_reason::completed;
     bool aborted = false;
+    path_log paths;                   // the paths this pair ran on, in order
+    progress_clock progress;          // for the idle timeout
     std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a demotion
+    std::uint8_t demotions = 0;       // sockmap: directions demoted to userspace copy
     std::uint64_t stranded_bytes = 0; // sockmap: redirected bytes the peer never took (pair reset)
+    std::optional<sockmap_pair> maps; // sockmap: the pair's entries while it is in the maps
     // Sockmap: bytes_queued_total() of each socket when the pair entered the map, less the
     // bytes userspace forwarded to it from the other socket before insertion.
     std::uint64_t client_queued_base = 0;
@@ -62,9 +104,17 @@ struct pair_state {
     }
 };
 
-// The idle timer fired: aborts the pair (idle_timeout) and returns false when neither socket has
-// received data for `idle`; else sets `next` to the time left and returns true.
+// The idle timer fired: aborts the pair (idle_timeout) and returns false when its byte counters
+// have not moved for `idle`; else sets `next` to when to look again and returns true. It samples
+// every quarter of the timeout, so a pair is cut between 1 and 1.25 times `idle` after its last
+// progress.
 bool idle_check(pair_state& p, std::chrono::milliseconds& next);
+// When the idle check first runs after a pair starts.
+std::chrono::milliseconds idle_first_check(const pair_state& p);
+
+// Runs `task` beside the idle watchdog: returns true when the task ended, false when the pair went
+// idle (aborted) first.
+net::awaitable<bool> with_idle_watchdog(pair_state& p, net::awaitable<void> task);
 
 // Runs the two directions beside the idle watchdog until both directions end or the pair aborts.
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward);
@@ -76,6 +126,11 @@ net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::
 // receiver nothing else looks at its sender, and a reset there must end the pair now, not once the
 // receiver has taken every byte still queued. Returns false when the pair aborted.
 net::awaitable<bool> wait_writable(pair_state& p, net::tcp::socket& from, net::tcp::socket& to);
+
+// Writes all `n` bytes to `to`, waiting with wait_writable() whenever its send buffer is full.
+// Returns false when the pair aborted (a reset of either socket included).
+net::awaitable<bool> write_all(pair_state& p, net::tcp::socket& from, net::tcp::socket& to, const char* data,
+                               std::size_t n);
 
 // Copies `from` to `to` until EOF on `from`. Returns true on EOF, false when the pair aborted.
 // Does not shut `to` down: the caller decides when that is safe.

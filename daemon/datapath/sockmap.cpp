@@ -112,13 +112,6 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
         }
     }
 
-    for (int fd : {client_fd, upstream_fd}) {
-        if (auto ec = sys::set_send_buffer(fd, egress_send_buffer)) {
-            ungate();
-            return fail(ec, "SO_SNDBUF");
-        }
-    }
-
     if (auto ec = sys::bytes_queued_total(client_fd, pair.client_queued_base)) {
         ungate();
         return fail(ec, "SIOCOUTQ");
@@ -172,6 +165,17 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
         out.map_full = ec.value() == E2BIG;
         return fail(ec, "SOCKHASH insert (upstream)");
     }
+    // Only now, with both sockets in: a send buffer set by hand stays fixed for the socket's life
+    // (no autotuning after SO_SNDBUF), so a pair refused above keeps the size splice and copy want.
+    // Still gated: no redirect has run, so none was sent with the smaller buffer.
+    for (int fd : {client_fd, upstream_fd}) {
+        if (auto ec = sys::set_send_buffer(fd, egress_send_buffer)) {
+            remove(out.pair);
+            ungate();
+            out.entered_map = true;
+            return fail(ec, "SO_SNDBUF");
+        }
+    }
     // Lowering the mark calls sk_data_ready: the verdict now runs on whatever was queued before
     // insertion, which would otherwise sit there until the next segment arrived.
     ungate();
@@ -182,11 +186,12 @@ void sockmap_engine::remove(const sockmap_pair& pair) {
     int hash = sockhash_fd();
     int peers = peers_fd();
     int budget = budget_fd();
-    for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) {
-        bpf_map_delete_elem(hash, &cookie);
-        bpf_map_delete_elem(peers, &cookie);
-        bpf_map_delete_elem(budget, &cookie);
-    }
+    // Peer entries first: a verdict that still runs on either socket then finds no entry and passes
+    // (counted as such), instead of finding its peer gone from the SOCKHASH, which it would count
+    // as a peer miss although the pair is simply over.
+    for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) bpf_map_delete_elem(peers, &cookie);
+    for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) bpf_map_delete_elem(hash, &cookie);
+    for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) bpf_map_delete_elem(budget, &cookie);
 }
 
 std::error_code sockmap_engine::redirected(std::uint64_t cookie, std::uint64_t& out) const {

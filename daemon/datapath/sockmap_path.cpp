@@ -159,6 +159,8 @@ net::awaitable<void> sockmap_direction(sockmap_run& run, net::tcp::socket& from,
     if (seen == readable::bytes) {
         // Passed bytes: this direction was demoted (peer miss or egress bound), for good.
         run.of(from).userspace = true;
+        p.paths.ran_on(kind::copy);
+        ++p.demotions;
         // From now on `to`'s send buffer is the backpressure: back to what a spliced socket has.
         sys::set_send_buffer(to.native_handle(), demoted_send_buffer);
         const bool drained = co_await wait_redirected_taken(run, from, to);
@@ -173,21 +175,29 @@ net::awaitable<void> sockmap_direction(sockmap_run& run, net::tcp::socket& from,
 
 }  // namespace
 
-net::awaitable<forwarded> forward_queued(net::tcp::socket& from, net::tcp::socket& to, std::uint64_t soft_bound,
-                                         std::uint64_t hard_bound) {
+net::awaitable<forwarded> forward_queued(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
+                                         std::uint64_t soft_bound, std::uint64_t hard_bound) {
     using chunk = std::array<char, 64 * 1024>;
     std::unique_ptr<chunk> buffer;
     forwarded out;
-    for (;;) {
+    while (!p.aborted) {
         if (!buffer) buffer = std::make_unique_for_overwrite<chunk>();
         boost::system::error_code ec;
         std::size_t n = from.read_some(net::asio::buffer(*buffer), ec);
-        if (ec || n == 0) break;  // drained (EAGAIN), EOF or error: the data path deals with it
-        auto [write_ec, written] = co_await net::asio::async_write(to, net::asio::buffer(buffer->data(), n),
-                                                                   net::use_tuple);
-        out.bytes += written;
-        if (write_ec) break;
-        const bool drained = n < buffer->size();  // recvmsg came back short: the queue ran out
+        if (ec == net::asio::error::would_block || ec == net::asio::error::try_again) break;  // drained
+        if (ec == net::asio::error::eof) break;  // the data path reads the FIN again and forwards it
+        if (ec) {
+            // A reset is reported once: ending the pair here keeps it from reading as a clean EOF later.
+            p.abort(p.reset_reason(from));
+            break;
+        }
+        const bool written = co_await write_all(p, from, to, buffer->data(), n);
+        if (!written) break;
+        out.bytes += n;
+        // recvmsg stops short at an urgent mark too, with bytes still queued (SO_OOBINLINE makes
+        // SIOCINQ count them): only an empty queue is an skb boundary.
+        int left = 0;
+        const bool drained = !sys::receive_queue_bytes(from.native_handle(), left) && left == 0;
         if (drained && out.bytes >= soft_bound) break;
         if (!drained && out.bytes >= hard_bound) {
             out.clean = false;  // a fast sender: we may be in the middle of an skb
@@ -206,7 +216,7 @@ static net::awaitable<bool> wait_until_readable(sockmap_run& run) {
     namespace ex = net::asio::experimental;
     pair_state& p = run.p;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
-    auto wait = p.idle;
+    auto wait = idle_first_check(p);
     for (;;) {
         timer.expires_after(wait);
         auto [order, client_ec, upstream_ec, timer_ec] =
@@ -214,6 +224,7 @@ static net::awaitable<bool> wait_until_readable(sockmap_run& run) {
                                              p.upstream.async_wait(net::tcp::socket::wait_read, net::asio::deferred),
                                              timer.async_wait(net::asio::deferred))
                 .async_wait(ex::wait_for_one(), net::use_awaitable);
+        if (p.aborted) co_return false;  // cut from outside (drain timeout): the waits were cancelled
         if (order[0] != 2) {
             auto& s = order[0] == 0 ? p.client : p.upstream;
             const readable seen = peek(p, s);

@@ -20,7 +20,9 @@ struct forwarded {
 };
 inline constexpr std::uint64_t forward_soft_bound = 4 << 20;
 inline constexpr std::uint64_t forward_hard_bound = 64 << 20;
-net::awaitable<forwarded> forward_queued(net::tcp::socket& from, net::tcp::socket& to,
+// A read error (a reset) or a failed write aborts the pair; a slow `to` is waited for with
+// wait_writable(), so a reset of `from` meanwhile ends the pair too (run it beside the idle watchdog).
+net::awaitable<forwarded> forward_queued(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
                                          std::uint64_t soft_bound = forward_soft_bound,
                                          std::uint64_t hard_bound = forward_hard_bound);
 

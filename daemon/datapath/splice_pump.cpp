@@ -4,7 +4,9 @@
 #include "sys/fd.hpp"
 #include "sys/socket.hpp"
 
+#include <array>
 #include <cerrno>
+#include <memory>
 #include <chrono>
 #include <fcntl.h>
 #include <unistd.h>
@@ -51,6 +53,31 @@ struct direction_probe {
     bool done = false;    // ended (EOF forwarded, or the pair aborted)
 };
 
+enum class recv_result { moved, nothing, eof, aborted };
+
+// One recv()+send() of what `from` holds, for when splice() cannot move it: tcp_read_sock() (what
+// splice reads with) stops at an urgent mark and never passes it, so a socket with urgent data
+// pending stays readable while splice returns EAGAIN, for ever. recvmsg() reads through the mark
+// (SO_OOBINLINE, set on every proxied socket: the urgent byte goes on as an ordinary byte of the
+// stream, in order) and clears it. Call only with the direction's pipe empty.
+net::awaitable<recv_result> recv_past_mark(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
+                                           std::uint64_t& written) {
+    using chunk = std::array<char, 64 * 1024>;
+    auto buffer = std::make_unique_for_overwrite<chunk>();
+    boost::system::error_code ec;
+    const std::size_t n = from.read_some(net::asio::buffer(*buffer), ec);
+    if (ec == net::asio::error::would_block || ec == net::asio::error::try_again) co_return recv_result::nothing;
+    if (ec == net::asio::error::eof) co_return recv_result::eof;
+    if (ec) {
+        p.abort(p.reset_reason(from));
+        co_return recv_result::aborted;
+    }
+    const bool sent = co_await write_all(p, from, to, buffer->data(), n);
+    if (!sent) co_return recv_result::aborted;
+    written += n;
+    co_return recv_result::moved;
+}
+
 net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net::tcp::socket& to, pipe_pair pipe,
                                       direction_probe* probe = nullptr) {
     direction_probe unused;
@@ -60,22 +87,36 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
     const int out = to.native_handle();
     std::size_t in_pipe = 0;
     bool eof = false;
+    bool woken = false;  // the last readiness wait said `from` is readable, and splice has not moved a byte since
     while (!p.aborted) {
         if (!eof) {
             ssize_t n = ::splice(in, nullptr, pipe.write_end.get(), nullptr, pipe_size, splice_flags);
             if (n > 0) {
                 in_pipe += static_cast<std::size_t>(n);
+                woken = false;
             } else if (n == 0) {
                 eof = true;
                 p.mark_eof(from);
             } else if (errno == EAGAIN) {
                 // EAGAIN with bytes in the pipe may only mean the pipe is full: flush first.
                 if (in_pipe == 0) {
+                    if (woken) {
+                        // Readable, yet splice moves nothing: an urgent mark (see recv_past_mark).
+                        woken = false;
+                        const auto r = co_await recv_past_mark(p, from, to, written);
+                        if (r == recv_result::moved || r == recv_result::aborted) continue;
+                        if (r == recv_result::eof) {
+                            eof = true;
+                            p.mark_eof(from);
+                            continue;
+                        }
+                    }
                     state.parked = true;
                     auto [ec] = co_await from.async_wait(net::tcp::socket::wait_read, net::use_tuple);
                     state.parked = false;
                     if (ec && p.promoting && !p.aborted) break;  // stopped for the move to sockmap
                     if (ec && !p.aborted) p.abort(p.reset_reason(from));
+                    woken = !ec;
                     continue;
                 }
             } else if (errno != EINTR) {
@@ -117,19 +158,24 @@ bool receive_queues_empty(pair_state& p) {
     return a == 0 && b == 0;
 }
 
-// Samples the pair every tick; ends (the pair's `||` then stops the directions) once it moved
-// less than a bulk transfer would and both directions are parked.
+// Samples the pair; ends (the pair's `||` then stops the directions) once it moved less than a bulk
+// transfer would and both directions are parked.
 net::awaitable<void> promoter(pair_state& p, const direction_probe& forward, const direction_probe& backward) {
     using namespace std::chrono_literals;
-    // A connection that moves less than this per tick (8 MiB/s) is not a bulk transfer: the
-    // sockmap path's lower hop latency matters more to it than splice's bulk throughput, and an
-    // idle connection there holds no pipes. Short connections end before the first tick.
+    using clock = std::chrono::steady_clock;
+    // A connection that moves less than this (8 MiB/s) is not a bulk transfer: the sockmap path's
+    // lower hop latency matters more to it than splice's bulk throughput, and an idle connection
+    // there holds no pipes. Short connections end before the first tick.
     constexpr auto tick = 20ms;
-    constexpr std::uint64_t bulk_per_tick = 160 * 1024;
+    constexpr std::uint64_t bulk_bytes_per_second = 8 << 20;
+    // A quiet pair whose directions are not parked is blocked on a slow receiver, which can last:
+    // look again less and less often, up to this.
+    constexpr auto blocked_backoff_max = 1000ms;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
     auto total = [&] { return p.written_to_client + p.written_to_upstream; };
     std::uint64_t last = total();
-    auto wait = tick;
+    auto last_at = clock::now();
+    std::chrono::milliseconds wait = tick, blocked_wait = tick;
     bool quiet = false, retrying = false;
     int retries = 0;
     for (;;) {
@@ -143,21 +189,33 @@ net::awaitable<void> promoter(pair_state& p, const direction_probe& forward, con
             co_return;
         }
         if (!retrying) {
-            const std::uint64_t now = total();
-            quiet = now - last < bulk_per_tick;
-            last = now;
+            const std::uint64_t now_total = total();
+            const auto now = clock::now();
+            const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(now - last_at).count();
+            quiet = (now_total - last) * 1'000'000 < bulk_bytes_per_second * static_cast<std::uint64_t>(elapsed);
+            last = now_total;
+            last_at = now;
             retries = 0;
         }
-        if (quiet && forward.parked && backward.parked && receive_queues_empty(p)) {
+        const bool parked = forward.parked && backward.parked;
+        if (quiet && parked && receive_queues_empty(p)) {
             p.promoting = true;
             boost::system::error_code ignored;
             p.client.cancel(ignored);  // wakes both parked reads; they stop without reading
             p.upstream.cancel(ignored);
             co_return;
         }
-        // Quiet, but bytes are on their way through: look again soon, a few times. Busy: next tick.
-        retrying = quiet && ++retries < 10;
-        wait = retrying ? std::chrono::milliseconds(1) : tick;
+        // Quiet and parked, but bytes are on their way through: look again soon, a few times.
+        retrying = quiet && parked && ++retries < 10;
+        if (retrying) {
+            wait = 1ms;
+        } else if (quiet && !parked) {
+            blocked_wait = std::min<std::chrono::milliseconds>(blocked_wait * 2, blocked_backoff_max);
+            wait = blocked_wait;
+        } else {
+            blocked_wait = tick;
+            wait = tick;
+        }
     }
 }
 

@@ -32,6 +32,8 @@ void route_metrics::connection_closed() const { active->Decrement(); }
 
 void route_metrics::promoted() const { promotions->Increment(); }
 
+void route_metrics::demoted() const { demotions->Increment(); }
+
 void route_metrics::sockmap_fallback(datapath::fallback_reason why) const {
     sockmap_fallbacks[static_cast<std::size_t>(why)]->Increment();
 }
@@ -48,6 +50,7 @@ struct registry::families {
     prometheus::Family<prometheus::Gauge>& build_info;
     prometheus::Family<prometheus::Counter>& sockmap_promotions_total;
     prometheus::Family<prometheus::Counter>& sockmap_fallbacks_total;
+    prometheus::Family<prometheus::Counter>& sockmap_demotions_total;
 
     explicit families(prometheus::Registry& r)
         : connections_total(prometheus::BuildCounter()
@@ -74,6 +77,11 @@ struct registry::families {
                                       .Name("spliced_sockmap_fallbacks_total")
                                       .Help("Connections meant for sockmap (or an auto promotion) that stayed on "
                                             "splice or copy, by reason")
+                                      .Register(r)),
+          sockmap_demotions_total(prometheus::BuildCounter()
+                                      .Name("spliced_sockmap_demotions_total")
+                                      .Help("Sockmap directions moved to userspace copy (peer miss, or the peer fell "
+                                            "too far behind what was redirected to it: the egress bound)")
                                       .Register(r)) {}
 };
 
@@ -119,6 +127,7 @@ route_metrics registry::add_route(const config::route& r) {
             &families_->connections_total.Add({{"route", r.name}, {"datapath", datapath::to_string(k)}});
     m.active = &families_->connections_active.Add({{"route", r.name}});
     m.promotions = &families_->sockmap_promotions_total.Add({{"route", r.name}});
+    m.demotions = &families_->sockmap_demotions_total.Add({{"route", r.name}});
     for (std::size_t i = 0; i < datapath::fallback_reason_count; ++i)
         m.sockmap_fallbacks[i] = &families_->sockmap_fallbacks_total.Add(
             {{"route", r.name}, {"reason", datapath::to_string(static_cast<datapath::fallback_reason>(i))}});
@@ -138,13 +147,19 @@ void registry::add_sampled_counter(const std::string& name, const std::string& h
 }
 
 void registry::serve(const config::address& listen) {
+    // Several threads and a request timeout: one client that connects and says nothing holds a
+    // thread for at most the timeout, not every scrape for ever.
+    std::vector<std::string> options = {"listening_ports", listen.text, "num_threads", "4",
+                                        "request_timeout_ms", "5000"};
     try {
-        exposer_ = std::make_unique<prometheus::Exposer>(listen.text, 1);
+        exposer_ = std::make_unique<prometheus::Exposer>(std::move(options));
     } catch (const std::exception& e) {
         throw std::runtime_error("metrics: cannot listen on " + listen.text + ": " + e.what());
     }
     exposer_->RegisterCollectable(registry_);
     exposer_->RegisterCollectable(sampled_);
 }
+
+void registry::stop_serving() { exposer_.reset(); }
 
 }  // namespace spliced::metrics

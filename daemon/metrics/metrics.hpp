@@ -30,6 +30,7 @@ struct route_metrics {
     std::array<prometheus::Counter*, 3> connections{};  // by datapath::kind
     prometheus::Gauge* active = nullptr;
     prometheus::Counter* promotions = nullptr;
+    prometheus::Counter* demotions = nullptr;
     std::array<prometheus::Counter*, datapath::fallback_reason_count> sockmap_fallbacks{};
     // [backend index][connect_error]
     std::vector<std::array<prometheus::Counter*, connect_error_count>> connect_errors;
@@ -38,6 +39,7 @@ struct route_metrics {
     void connection_handed_off(datapath::kind k) const;
     void connection_closed() const;
     void promoted() const;  // a splice connection moved to sockmap
+    void demoted() const;   // a sockmap direction moved to userspace copy
     void sockmap_fallback(datapath::fallback_reason why) const;  // stayed off sockmap
     void connect_failed(std::size_t backend, connect_error e) const;
 };
@@ -52,6 +54,8 @@ public:
     void add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value);
     // Serves GET /metrics on the address; throws std::runtime_error when it cannot bind.
     void serve(const config::address& listen);
+    // Stops serving (joins the HTTP threads): first thing at stop, before anything a scrape reads goes.
+    void stop_serving();
 
 private:
     std::shared_ptr<prometheus::Registry> registry_;

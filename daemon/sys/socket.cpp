@@ -80,6 +80,12 @@ std::error_code shutdown_write(int fd) {
     return {};
 }
 
+std::error_code set_oob_inline(int fd) {
+    int one = 1;
+    if (::setsockopt(fd, SOL_SOCKET, SO_OOBINLINE, &one, sizeof(one)) != 0) return last_error();
+    return {};
+}
+
 std::error_code bytes_queued_total(int fd, std::uint64_t& out) {
     tcp_stats info;
     if (auto ec = tcp_stats_of(fd, info)) return ec;

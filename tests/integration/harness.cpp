@@ -663,8 +663,9 @@ daemon_process::daemon_process(const std::string& binary, const std::string& con
             throw std::runtime_error("spliced sent no READY=1 within " + std::to_string(ready_budget.count()) +
                                      " ms; log " + log_path_ + ":\n" + log_tail());
         }
+        if (options.while_starting) options.while_starting(pid_);
         pollfd p{notify, POLLIN, 0};
-        if (poll(&p, 1, 100) == 1) {
+        if (poll(&p, 1, options.while_starting ? 2 : 100) == 1) {
             read_notifications();
             if (std::find(notified_.begin(), notified_.end(), "READY=1") != notified_.end()) return;
         }
@@ -974,6 +975,43 @@ long rss_kib(pid_t pid) {
     for (std::string line; std::getline(in, line);)
         if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
     return -1;
+}
+
+double cpu_seconds(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
+    if (close == std::string::npos) return -1;
+    std::istringstream fields(stat.substr(close + 2));
+    std::string field;
+    unsigned long long utime = 0, stime = 0;
+    for (int i = 3; i <= 15 && fields >> field; ++i) {
+        if (i == 14) utime = std::stoull(field);
+        if (i == 15) stime = std::stoull(field);
+    }
+    return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+long context_switches(pid_t pid) {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    long total = 0;
+    DIR* d = opendir(dir.c_str());
+    if (!d) return -1;
+    while (dirent* e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::ifstream in(dir + "/" + e->d_name + "/status");
+        for (std::string line; std::getline(in, line);)
+            if (line.rfind("voluntary_ctxt_switches:", 0) == 0) total += std::stol(line.substr(24));
+    }
+    closedir(d);
+    return total;
+}
+
+std::size_t count_lines(const std::string& path, std::string_view needle) {
+    std::ifstream in(path);
+    std::size_t n = 0;
+    for (std::string line; std::getline(in, line);) n += line.find(needle) != std::string::npos;
+    return n;
 }
 
 long fd_limit(pid_t pid) {

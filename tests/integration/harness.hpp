@@ -239,6 +239,8 @@ void echo_connection(int fd, std::atomic<std::uint64_t>* counter = nullptr);
 struct process_options {
     unsigned long nofile = 0;      // RLIMIT_NOFILE (soft and hard); 0: the test process's own
     std::vector<std::string> env;  // "NAME=value", replacing the test process's NAME
+    // Called every 2 ms while the daemon starts (until READY=1), with its pid: e.g. to signal it early.
+    std::function<void(pid_t)> while_starting = {};
 };
 
 // spliced running in the foreground, stdout+stderr to a log file, readiness via NOTIFY_SOCKET.
@@ -337,6 +339,12 @@ fd_census count_fds(pid_t pid);
 
 // Resident set size (VmRSS) in KiB, -1 if unreadable.
 long rss_kib(pid_t pid);
+// CPU seconds (user + system) the process has used so far (/proc/PID/stat fields 14 and 15); -1 if unreadable.
+double cpu_seconds(pid_t pid);
+// Voluntary context switches of all the process's threads so far (how often they slept and woke).
+long context_switches(pid_t pid);
+// Lines of a text file that contain `needle`.
+std::size_t count_lines(const std::string& path, std::string_view needle);
 
 // The soft RLIMIT_NOFILE of a process (from /proc/PID/limits), -1 if unreadable.
 long fd_limit(pid_t pid);

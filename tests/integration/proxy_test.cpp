@@ -180,6 +180,17 @@ proxy_fixture& proxy() {
     return *the_fixture;
 }
 
+// The last access-log line of `route` in the shared daemon's log (access_log: stdout), "" if none yet.
+std::string last_access_line(const std::string& route) {
+    std::ifstream in(proxy().daemon->log_path());
+    std::string last;
+    for (std::string line; std::getline(in, line);)
+        if (line.find(" route=" + route + " ") != std::string::npos && line.find(" end=") != std::string::npos)
+            last = line;
+    return last;
+}
+
+
 // ---------------------------------------------------------------------------------------------------------
 // Metrics helpers
 
@@ -965,6 +976,14 @@ TEST_CASE("a connection that turns quiet after a bulk start keeps every byte in 
               << std::endl;
     require_handed_off("echo", before, 1);
     if (datapath() != "auto") CHECK(promotions() == promoted_before);  // only auto routes move
+    // The access log names every path the connection used, in order.
+    const auto line = last_access_line("echo");
+    INFO("access log: " << line);
+    // (A bulk phase on the redirect may outrun the egress bound and move a direction to userspace copy.)
+    const auto at = line.find(" datapath=");
+    const std::string used = at == std::string::npos ? "" : line.substr(at + 10, line.find(' ', at + 10) - at - 10);
+    const std::string want = datapath() == "auto" ? "splice+sockmap" : datapath();
+    CHECK((used == want || (uses_maps() && used == want + "+copy")));
 }
 
 TEST_CASE("a backend reading 1 MB/s while the client sends as fast as it can for 10 s: the bytes the proxy holds "
@@ -1071,6 +1090,14 @@ TEST_CASE("a backend reading 1 MB/s while the client sends as fast as it can for
     CHECK(worst < 1000.0);
     if (datapath() == "sockmap") CHECK(demotions >= 1);  // the egress bound moved the direction to userspace
     require_handed_off("slow", before, 1);
+    fd.reset();
+    if (datapath() == "sockmap") {
+        // The demoted direction ran on userspace copy to the end: the access log says so.
+        std::string line;
+        run_until([&] { return !(line = last_access_line("slow")).empty(); }, 10s);
+        INFO("access log: " << line);
+        CHECK_THAT(line, Catch::Contains(" datapath=sockmap+copy "));
+    }
 }
 
 TEST_CASE("after every case, no route has an active connection and no sockhash, peers or budget entry is left",

@@ -6,6 +6,8 @@
 #include "sys/socket.hpp"
 
 #include <arpa/inet.h>
+#include <atomic>
+#include <climits>
 #include <bpf/bpf.h>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -129,6 +131,23 @@ struct proxied {
     conn upstream = net.connect();
 };
 
+// forward_queued() from the client's proxy socket to the upstream's, with a soft bound of `soft_bound` bytes.
+datapath::forwarded forward_now(const proxied& p, std::uint64_t soft_bound) {
+    net::asio::io_context io;
+    net::tcp::socket from(io, net::tcp::v4(), ::dup(p.client.inner.get()));
+    net::tcp::socket to(io, net::tcp::v4(), ::dup(p.upstream.outer.get()));
+    from.non_blocking(true);
+    to.non_blocking(true);
+    datapath::forwarded f;
+    datapath::pair_state pair(from, to, std::chrono::hours(1));
+    auto run = [](datapath::pair_state& pair, datapath::forwarded& f, std::uint64_t bound) -> net::awaitable<void> {
+        f = co_await datapath::forward_queued(pair, pair.client, pair.upstream, bound);
+    };
+    net::asio::co_spawn(io, run(pair, f, soft_bound), net::asio::detached);
+    io.run();
+    return f;
+}
+
 }  // namespace
 
 TEST_CASE("bytes a client sent before its socket entered the map are delivered (insert kicks the queue)") {
@@ -181,15 +200,7 @@ TEST_CASE("forward_queued stops only where the receive queue ran dry, so the pai
     const auto data = pattern(300000, 8);
     send_all(p.client.outer.get(), data);
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    net::asio::io_context io;
-    net::tcp::socket from(io, net::tcp::v4(), ::dup(p.client.inner.get()));
-    net::tcp::socket to(io, net::tcp::v4(), ::dup(p.upstream.outer.get()));
-    from.non_blocking(true);
-    to.non_blocking(true);
-    datapath::forwarded f;
-    net::asio::co_spawn(io, [&]() -> net::awaitable<void> { f = co_await datapath::forward_queued(from, to, 1); },
-                        net::asio::detached);
-    io.run();
+    const auto f = forward_now(p, 1);
     CHECK(f.clean);
     CHECK(f.bytes > 64 * 1024);  // read on past the bound to where the queue ran dry, not one 64 KiB read
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
@@ -434,4 +445,85 @@ TEST_CASE("raising a direction's egress ceiling as the peer takes bytes keeps a 
     CHECK(got == data);
     CHECK(engine().counter(SPLICED_CNT_EGRESS_DEMOTED) == demoted_before);
     engine().remove(ins.pair);
+}
+
+TEST_CASE("a pair the maps refuse keeps the send buffers it had: the 16 MiB fixed size is set only once both are in") {
+    // A send buffer set by hand stays fixed for the socket's life (no autotuning afterwards): a pair
+    // that goes to splice or copy after a refused insert must not keep the sockmap path's size.
+    proxied p;
+    int client_before = 0, upstream_before = 0;
+    REQUIRE_FALSE(sys::send_buffer(p.client.inner.get(), client_before));
+    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), upstream_before));
+    // Refuse the insert at the peer map: an entry for the client's cookie is there already.
+    const std::uint64_t cookie = cookie_of(p.client.inner.get());
+    spliced_peer_value stale{1, 0, 0};
+    REQUIRE(bpf_map_update_elem(engine().peers_fd(), &cookie, &stale, BPF_NOEXIST) == 0);
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    bpf_map_delete_elem(engine().peers_fd(), &cookie);
+    REQUIRE(ins.error);
+    CHECK_FALSE(ins.entered_map);
+    int client_after = 0, upstream_after = 0;
+    REQUIRE_FALSE(sys::send_buffer(p.client.inner.get(), client_after));
+    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), upstream_after));
+    CHECK(client_after == client_before);
+    CHECK(upstream_after == upstream_before);
+    CHECK(client_after < 2 * datapath::egress_send_buffer);
+}
+
+TEST_CASE("with SO_OOBINLINE, forward_queued reads through an urgent mark, so no read prefix of an skb is redirected twice") {
+    // recvmsg stops short at an urgent mark with bytes still queued behind it; taken for an empty
+    // queue, that short read would leave a partly read skb for the verdict, which redirects skbs
+    // whole (see the case above). SO_OOBINLINE keeps the urgent byte in the stream and makes
+    // SIOCINQ count what is left, so forward_queued knows it is not at an skb boundary.
+    proxied p;
+    for (int fd : {p.client.inner.get(), p.upstream.outer.get(), p.upstream.inner.get()})
+        REQUIRE_FALSE(sys::set_oob_inline(fd));
+    const auto head = pattern(3000, 21), tail = pattern(20000, 22);
+    send_all(p.client.outer.get(), head);
+    REQUIRE(::send(p.client.outer.get(), "!", 1, MSG_OOB | MSG_NOSIGNAL) == 1);
+    send_all(p.client.outer.get(), tail);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // coalesced into few skbs in the receive queue
+    const auto f = forward_now(p, 1);
+    CHECK(f.clean);
+    CHECK(f.bytes == head.size() + 1 + tail.size());
+    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE_FALSE(ins.error);
+    const auto more = pattern(5000, 23);
+    send_all(p.client.outer.get(), more);
+    const std::string want = head + "!" + tail + more;
+    const auto got = read_for(p.upstream.inner.get(), want.size() + 1, std::chrono::milliseconds(1000));
+    CHECK(got.size() == want.size());  // nothing twice
+    CHECK(got == want);
+    engine().remove(ins.pair);
+}
+
+TEST_CASE("removing a pair while bytes keep arriving counts no peer miss (peer entries go before SOCKHASH entries)") {
+    // A verdict that finds its peer gone from the SOCKHASH counts a peer miss: with the SOCKHASH
+    // entries deleted first, every pair that ends while its peer still sends would look like one.
+    std::uint64_t misses = 0;
+    for (int round = 0; round < 40; ++round) {
+        proxied p;
+        auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
+        REQUIRE_FALSE(ins.error);
+        unbounded(ins.pair);
+        std::atomic<bool> stop{false};
+        std::thread sender([&] {
+            const auto chunk = pattern(4096, 31);
+            while (!stop) {
+                if (::send(p.upstream.inner.get(), chunk.data(), chunk.size(), MSG_NOSIGNAL | MSG_DONTWAIT) < 0 &&
+                    errno != EAGAIN)
+                    break;
+            }
+        });
+        std::thread reader([&] { read_for(p.client.outer.get(), SIZE_MAX, std::chrono::milliseconds(60)); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        const auto before = engine().counter(SPLICED_CNT_PEER_MISS);
+        engine().remove(ins.pair);
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        misses += engine().counter(SPLICED_CNT_PEER_MISS) - before;
+        stop = true;
+        sender.join();
+        reader.join();
+    }
+    CHECK(misses == 0);
 }

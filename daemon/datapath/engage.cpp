@@ -1,0 +1,148 @@
+// The one entry from the session into the data paths: runs a connected pair on the path its route planned.
+#include "datapath/engage.hpp"
+
+#include "datapath/sockmap.hpp"
+#include "datapath/sockmap_path.hpp"
+#include "datapath/splice_pump.hpp"
+#include "log/log.hpp"
+#include "metrics/metrics.hpp"
+
+namespace spliced::datapath {
+
+namespace {
+
+// The fallbacks metric's reason for a refused insert.
+fallback_reason fallback_reason_of(const insert_outcome& ins) {
+    if (ins.map_full) return fallback_reason::map_full;
+    if (ins.error == std::errc::not_connected) return fallback_reason::not_established;
+    return fallback_reason::error;
+}
+
+// Takes the pipes a splice pair needs; out of descriptors, the pair runs on copy instead, which
+// needs none. Returns the path the pair gets.
+kind take_pipes_or_copy(splice_pipes& pipes, std::uint64_t id, std::string_view route) {
+    if (auto ec = take_pipes(pipes)) {
+        // Out of descriptors this is every new connection's lot: warn now and then, not each time.
+        static log::once_per warning(std::chrono::seconds(10));
+        if (std::uint64_t more = 0; warning.allow(more))
+            spdlog::warn("conn {} route {}: no pipe for splice ({}); using copy ({} more since the last warning)", id,
+                         route, ec.message(), more);
+        return kind::copy;
+    }
+    return kind::splice;
+}
+
+// Forwards in userspace what both sockets already hold, beside the idle watchdog: a peer that takes
+// nothing must not pin the pair for ever. True when both queues ended on an skb boundary.
+net::awaitable<bool> forward_both(pair_state& p) {
+    bool clean = false;
+    auto both = [](pair_state& p, bool& clean) -> net::awaitable<void> {
+        const auto from_client = co_await forward_queued(p, p.client, p.upstream);
+        const auto from_upstream = co_await forward_queued(p, p.upstream, p.client);
+        p.written_to_upstream += from_client.bytes;
+        p.written_to_client += from_upstream.bytes;
+        clean = from_client.clean && from_upstream.clean;
+    };
+    const bool ended = co_await with_idle_watchdog(p, both(p, clean));
+    co_return ended && !p.aborted && clean;
+}
+
+// Inserts the pair into the maps. On success the pair's baselines are set: everything userspace
+// wrote to a socket so far is in its queued total and in the other socket's received total, and
+// counts once.
+bool insert(pair_state& p, sockmap_engine& engine, const metrics::route_metrics& m, std::uint64_t id,
+            std::string_view route, bool& entered_map) {
+    auto ins = engine.insert(p.client.native_handle(), p.upstream.native_handle());
+    if (ins.error) {
+        entered_map = ins.entered_map;
+        m.sockmap_fallback(fallback_reason_of(ins));
+        spdlog::debug("conn {} route {}: sockmap insert failed at {}: {}", id, route, ins.what, ins.error.message());
+        return false;
+    }
+    p.maps = ins.pair;
+    p.client_queued_base = ins.pair.client_queued_base - p.written_to_client;
+    p.upstream_queued_base = ins.pair.upstream_queued_base - p.written_to_upstream;
+    return true;
+}
+
+// Tries to move the pair onto sockmap: forwards what is queued, then inserts. Returns the path the
+// pair runs on from here (sockmap, or where it must go instead: a socket that entered the map, even
+// briefly, is never spliced).
+net::awaitable<kind> onto_sockmap(pair_state& p, sockmap_engine& engine, const metrics::route_metrics& m,
+                                  std::uint64_t id, std::string_view route) {
+    const bool clean = co_await forward_both(p);
+    if (p.aborted) co_return kind::copy;  // nothing more to run; the path does not matter
+    if (!clean) {
+        spdlog::debug("conn {} route {}: the sender kept its queue full past the userspace bound; staying off "
+                      "sockmap",
+                      id, route);
+        m.sockmap_fallback(fallback_reason::busy_sender);
+        co_return kind::splice;
+    }
+    bool entered_map = false;
+    if (insert(p, engine, m, id, route, entered_map)) co_return kind::sockmap;
+    co_return entered_map ? kind::copy : kind::splice;
+}
+
+// Runs the pair on splice (pipes taken here) or copy until it ends.
+net::awaitable<void> run_spliced_or_copied(pair_state& p, kind path, std::uint64_t id, std::string_view route,
+                                           const metrics::route_metrics* handoff) {
+    splice_pipes pipes;
+    if (path == kind::splice) path = take_pipes_or_copy(pipes, id, route);
+    if (handoff) handoff->connection_handed_off(path);
+    p.paths.ran_on(path);
+    if (path == kind::splice)
+        co_await run_splice(p, std::move(pipes));
+    else
+        co_await run_copy(p);
+}
+
+}  // namespace
+
+net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engine, const metrics::route_metrics& m,
+                            std::uint64_t id, std::string_view route) {
+    kind path = pl.path;
+    if (path == kind::sockmap && !engine) path = kind::splice;
+    if (path == kind::sockmap) {
+        path = co_await onto_sockmap(p, *engine, m, id, route);
+        if (p.aborted) co_return;
+        if (path == kind::sockmap) {
+            m.connection_handed_off(kind::sockmap);
+            p.paths.ran_on(kind::sockmap);
+            co_await run_sockmap(p, *engine, *p.maps);
+        } else {
+            co_await run_spliced_or_copied(p, path, id, route, &m);
+        }
+    } else if (path == kind::splice && pl.promote_to_sockmap && engine) {
+        splice_pipes pipes;
+        path = take_pipes_or_copy(pipes, id, route);
+        m.connection_handed_off(path);
+        p.paths.ran_on(path);
+        if (path == kind::copy) {
+            co_await run_copy(p);
+        } else {
+            const bool promote = co_await run_splice_promotable(p, std::move(pipes));
+            if (promote) {
+                p.promoting = false;
+                const kind next = co_await onto_sockmap(p, *engine, m, id, route);
+                if (p.aborted) {
+                } else if (next == kind::sockmap) {
+                    m.promoted();
+                    p.paths.ran_on(kind::sockmap);
+                    co_await run_sockmap(p, *engine, *p.maps);
+                } else {
+                    co_await run_spliced_or_copied(p, next, id, route, nullptr);  // no second try
+                }
+            }
+        }
+    } else {
+        co_await run_spliced_or_copied(p, path, id, route, &m);
+    }
+    if (p.maps) {
+        engine->remove(*p.maps);
+        p.maps.reset();
+    }
+    for (std::uint8_t i = 0; i < p.demotions; ++i) m.demoted();
+}
+
+}  // namespace spliced::datapath

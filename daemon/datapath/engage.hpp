@@ -1,0 +1,31 @@
+// The one entry from the session into the data paths: runs a connected pair on the path its route planned.
+#pragma once
+
+#include "datapath/datapath.hpp"
+
+#include <cstdint>
+#include <string_view>
+
+namespace spliced::metrics {
+struct route_metrics;
+}
+
+namespace spliced::datapath {
+
+class sockmap_engine;
+
+// What a route's connections run on, decided at startup.
+struct plan {
+    kind path = kind::copy;           // sockmap, splice or copy
+    bool promote_to_sockmap = false;  // auto with sockmap usable: splice first, then sockmap when not bulk
+};
+
+// Hands the pair to its data path and runs it until both directions end or the pair aborts: on
+// sockmap, forwards what is already queued, inserts the pair (or falls back to splice or copy,
+// counted), runs it and removes it from the maps; on splice, takes pipes (or runs on copy when none
+// can be made); with promotion, moves a quiet pair to sockmap. Counts the hand-off, promotions,
+// fallbacks and demotions in `m`; records every path used in p.paths.
+net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engine, const metrics::route_metrics& m,
+                            std::uint64_t id, std::string_view route);
+
+}  // namespace spliced::datapath
