@@ -1,0 +1,37 @@
+// SNI route matching: exact names and `*.suffix` wildcards, compared case-insensitively without a trailing dot.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+
+namespace spliced::proxy {
+
+// Lower-cased, one trailing dot removed: the form in which names and patterns are compared.
+std::string normalize_sni(std::string_view name);
+
+// What a config's match.sni entry may be: a host name of LDH labels (1 to 63 letters, digits or '-', neither
+// first nor last), at most 253 characters (a trailing dot allowed and ignored), optionally behind a leading
+// "*." that stands for one or more labels. nullopt when valid, else a message for the config loader.
+std::optional<std::string> validate_sni_pattern(std::string_view pattern);
+
+// The SNI patterns of the routes sharing one listen address. An exact name wins over any wildcard, a longer
+// wildcard over a shorter one; `*.example.com` matches `a.example.com` and `a.b.example.com`, not
+// `example.com`.
+class sni_table {
+public:
+    // Adds `pattern` for route `route`. Returns a message naming the pattern, and changes nothing, when the
+    // pattern is invalid or already in the table (after normalization).
+    std::optional<std::string> add(std::string_view pattern, std::size_t route);
+    // The route of the best pattern matching `name`, if any.
+    std::optional<std::size_t> match(std::string_view name) const;
+    std::size_t size() const { return exact_.size() + wildcard_.size(); }
+
+private:
+    std::unordered_map<std::string, std::size_t> exact_;     // "www.example.com"
+    std::unordered_map<std::string, std::size_t> wildcard_;  // ".example.com" for "*.example.com"
+};
+
+}  // namespace spliced::proxy
