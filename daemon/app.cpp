@@ -6,6 +6,7 @@
 #include "log/log.hpp"
 #include "metrics/metrics.hpp"
 #include "net/listener.hpp"
+#include "proxy/route_table.hpp"
 #include "proxy/session.hpp"
 #include "sys/notify.hpp"
 #include "sys/socket.hpp"
@@ -28,7 +29,7 @@ namespace {
 struct worker {
     proxy::session_registry live;  // outlives the io_context, whose destruction may end sessions
     net::asio::io_context io{1};
-    std::vector<std::pair<net::tcp::acceptor, std::shared_ptr<proxy::route_runtime>>> listeners;
+    std::vector<std::pair<net::tcp::acceptor, std::shared_ptr<const proxy::listener_routes>>> listeners;
     std::thread thread;
 };
 
@@ -78,6 +79,7 @@ struct app::impl {
     metrics::registry metrics;
     std::shared_ptr<spdlog::logger> access_log;
     std::vector<std::shared_ptr<proxy::route_runtime>> routes;
+    std::vector<std::shared_ptr<proxy::listener_routes>> listeners;  // the routes grouped by listen address
     std::atomic<long> active{0};
     std::atomic<std::uint64_t> next_id{1};
     std::vector<std::unique_ptr<worker>> workers;  // destroyed first: the sessions use everything above
@@ -170,25 +172,33 @@ void app::impl::choose_datapaths() {
 }
 
 void app::impl::open_listeners() {
+    listeners = proxy::group_by_listener(routes, metrics);
     unsigned n = cfg.workers ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
     for (unsigned i = 0; i < n; ++i) {
         auto w = std::make_unique<worker>();
-        for (const auto& route : routes)
-            for (const auto& addr : route->cfg.listen) w->listeners.emplace_back(net::open_listener(w->io, addr), route);
+        for (const auto& group : listeners) w->listeners.emplace_back(net::open_listener(w->io, group->addr), group);
         workers.push_back(std::move(w));
     }
-    for (const auto& route : routes)
-        for (const auto& addr : route->cfg.listen) spdlog::info("route {}: listening on {}", route->cfg.name, addr.text);
+    for (const auto& group : listeners) {
+        std::string names;
+        for (const auto& r : group->routes) {
+            names += names.empty() ? "" : ", ";
+            names += r->cfg.name;
+            if (!r->cfg.sni.empty()) names += " (" + std::to_string(r->cfg.sni.size()) + " SNI pattern(s))";
+        }
+        spdlog::info("listening on {}: route(s) {}{}", group->addr.text, names,
+                     group->accept_proxy_protocol ? "; PROXY header required" : "");
+    }
     spdlog::info("{} worker thread(s)", n);
 }
 
 void app::impl::start_workers() {
     for (auto& w : workers) {
         proxy::session_env env{engine.get(), access_log.get(), &active, &w->live};
-        for (auto& [acceptor, route] : w->listeners) {
-            auto on_accept = [this, env, route = route, &io = w->io](net::tcp::socket s) {
+        for (auto& [acceptor, group] : w->listeners) {
+            auto on_accept = [this, env, group = group, &io = w->io](net::tcp::socket s) {
                 auto id = next_id.fetch_add(1, std::memory_order_relaxed);
-                net::asio::co_spawn(io, proxy::run_session(route, env, std::move(s), id), [id](std::exception_ptr e) {
+                net::asio::co_spawn(io, proxy::run_session(group, env, std::move(s), id), [id](std::exception_ptr e) {
                     if (!e) return;
                     try {
                         std::rethrow_exception(e);
@@ -209,7 +219,7 @@ void app::impl::start_workers() {
 void app::impl::stop_accepting() {
     for (auto& w : workers)
         net::asio::post(w->io, [w = w.get()] {
-            for (auto& [acceptor, route] : w->listeners) {
+            for (auto& [acceptor, group] : w->listeners) {
                 boost::system::error_code ignored;
                 acceptor.close(ignored);
             }

@@ -1,6 +1,7 @@
 // Plain configuration structs: what a validated spliced YAML file says, with no I/O.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <netinet/in.h>
@@ -27,10 +28,24 @@ struct backend {
     address addr;
 };
 
+// An IPv4 or IPv6 network, as parsed from "10.0.0.0/8" or "2001:db8::/32" (a bare address is /32 or /128).
+struct cidr {
+    int family = AF_INET;
+    std::array<std::uint8_t, 16> prefix{};  // network byte order; 4 bytes used for IPv4
+    unsigned bits = 0;
+    std::string text;
+    // True when `addr` (IPv4, IPv6, or IPv4-mapped IPv6 for an IPv4 network) is inside.
+    bool contains(const sockaddr* addr) const;
+};
+
 struct route_timeouts {
     std::chrono::milliseconds connect{2000};
     std::chrono::milliseconds idle{3600 * 1000};
+    std::chrono::milliseconds handshake{5000};  // the preamble (PROXY header, ClientHello) must arrive within it
 };
+
+enum class proxy_protocol_version { off, v1, v2 };
+const char* to_string(proxy_protocol_version v);
 
 struct route {
     std::string name;
@@ -38,6 +53,12 @@ struct route {
     bool datapath_set = false;  // true when the route overrides the global datapath
     datapath_kind datapath = datapath_kind::auto_select;
     route_timeouts timeouts;
+    // match.sni: TLS server names (exact, or "*.suffix") this route takes on a listen address it shares
+    // with other routes; empty: the address's default route. Lower-cased, no trailing dot.
+    std::vector<std::string> sni;
+    bool accept_proxy_protocol = false;  // every client starts with a PROXY v1 or v2 header
+    std::vector<cidr> trusted_proxies;   // with accept_proxy_protocol: only these sources (empty: any)
+    proxy_protocol_version send_proxy_protocol = proxy_protocol_version::off;
     std::vector<backend> backends;
 };
 

@@ -1,7 +1,11 @@
 // Reads a spliced YAML config file into config structs, refusing anything unknown or invalid with its position.
 #include "config/loader.hpp"
 
+#include "proxy/sni_match.hpp"
+
+#include <algorithm>
 #include <arpa/inet.h>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -24,6 +28,55 @@ const char* to_string(datapath_kind k) {
     case datapath_kind::copy: return "copy";
     }
     return "?";
+}
+
+const char* to_string(proxy_protocol_version v) {
+    switch (v) {
+    case proxy_protocol_version::off: return "off";
+    case proxy_protocol_version::v1: return "v1";
+    case proxy_protocol_version::v2: return "v2";
+    }
+    return "?";
+}
+
+bool cidr::contains(const sockaddr* addr) const {
+    const std::uint8_t* bytes = nullptr;
+    if (addr->sa_family == AF_INET && family == AF_INET) {
+        bytes = reinterpret_cast<const std::uint8_t*>(&reinterpret_cast<const sockaddr_in*>(addr)->sin_addr);
+    } else if (addr->sa_family == AF_INET6) {
+        const auto* a6 = &reinterpret_cast<const sockaddr_in6*>(addr)->sin6_addr;
+        if (family == AF_INET6) bytes = a6->s6_addr;
+        else if (IN6_IS_ADDR_V4MAPPED(a6)) bytes = a6->s6_addr + 12;
+    }
+    if (!bytes) return false;
+    unsigned whole = bits / 8, rest = bits % 8;
+    if (std::memcmp(bytes, prefix.data(), whole) != 0) return false;
+    if (rest == 0) return true;
+    const std::uint8_t mask = static_cast<std::uint8_t>(0xff << (8 - rest));
+    return (bytes[whole] & mask) == (prefix[whole] & mask);
+}
+
+std::variant<cidr, std::string> parse_cidr(std::string_view text) {
+    cidr c;
+    c.text = std::string(text);
+    std::string host(text.substr(0, text.find('/')));
+    const bool v6 = host.find(':') != std::string::npos;
+    c.family = v6 ? AF_INET6 : AF_INET;
+    if (::inet_pton(c.family, host.c_str(), c.prefix.data()) != 1)
+        return "'" + host + "' is not an IP" + (v6 ? "v6" : "v4") + " address";
+    const unsigned most = v6 ? 128 : 32;
+    c.bits = most;
+    if (auto slash = text.find('/'); slash != std::string_view::npos) {
+        auto b = text.substr(slash + 1);
+        if (b.empty() || b.size() > 3 || b.find_first_not_of("0123456789") != std::string_view::npos)
+            return "prefix length '" + std::string(b) + "' is not a number";
+        c.bits = static_cast<unsigned>(std::stoul(std::string(b)));
+        if (c.bits > most) return "prefix length " + std::to_string(c.bits) + " is over " + std::to_string(most);
+    }
+    // Host bits set below the prefix are a typo more often than not: refuse them.
+    for (unsigned bit = c.bits; bit < most; ++bit)
+        if (c.prefix[bit / 8] & (0x80 >> (bit % 8))) return "address has bits set past the /" + std::to_string(c.bits) + " prefix";
+    return c;
 }
 
 config_error::config_error(std::string file, int line, int column, const std::string& message)
@@ -182,6 +235,7 @@ public:
         if (!list.IsSequence()) fail(list, std::string("routes must be a list of routes, not ") + kind_of(list));
         if (list.size() == 0) fail(list, "routes is empty: at least one route is needed");
         for (std::size_t i = 0; i < list.size(); ++i) c.routes.push_back(read_route(item(list, i, "routes"), c.datapath));
+        check_shared_listens(c.routes);
         return c;
     }
 
@@ -332,17 +386,74 @@ private:
         fail(f.value, "unknown balance '" + b + "' (expected round_robin, least_conn, random or source_hash)");
     }
 
-    // Adds a listen address, refusing one that an earlier route (or metrics) already uses.
+    // Adds a listen address, refusing one that metrics or the same route already uses; routes that share
+    // one are checked once all are read (check_shared_listens).
     address listen_address(const YAML::Node& n, const std::string& route_name) {
         auto a = addr(n, "listen");
-        auto [it, fresh] = listens_.emplace(a.text, "route '" + route_name + "'");
-        if (!fresh) fail(n, "listen address " + a.text + " is already used by " + it->second);
+        auto it = listens_.find(a.text);
+        if (it != listens_.end()) fail(n, "listen address " + a.text + " is already used by " + it->second);
+        auto& users = shared_[a.text];
+        for (const auto& u : users)
+            if (u.route == route_name) fail(n, "listen address " + a.text + " is listed twice");
+        users.push_back({route_name, n});
         return a;
     }
 
+    // Routes that share a listen address: each takes the TLS server names of its match.sni, at most
+    // one takes the rest (no match), no name is taken twice, and they agree on what the preamble is.
+    void check_shared_listens(const std::vector<route>& routes) const {
+        auto find = [&](const std::string& name) -> const route& {
+            for (const auto& r : routes)
+                if (r.name == name) return r;
+            throw std::logic_error("route " + name);
+        };
+        for (const auto& [text, users] : shared_) {
+            if (users.size() < 2) continue;
+            const route& first = find(users[0].route);
+            const route* fallback = first.sni.empty() ? &first : nullptr;
+            std::map<std::string, std::string> taken;
+            for (const auto& p : first.sni) taken.emplace(p, first.name);
+            for (std::size_t i = 1; i < users.size(); ++i) {
+                const route& r = find(users[i].route);
+                const YAML::Node& at = users[i].node;
+                const std::string both = "routes '" + first.name + "' and '" + r.name + "' share " + text;
+                if (r.sni.empty()) {
+                    if (fallback)
+                        fail(at, "routes '" + fallback->name + "' and '" + r.name + "' share " + text +
+                                     " and neither has match.sni: at most one route per address may take the "
+                                     "connections no name matches");
+                    fallback = &r;
+                }
+                if (r.accept_proxy_protocol != first.accept_proxy_protocol)
+                    fail(at, both + " but disagree on accept_proxy_protocol");
+                if (r.timeouts.handshake != first.timeouts.handshake)
+                    fail(at, both + " but disagree on timeouts.handshake");
+                if (r.trusted_proxies.size() != first.trusted_proxies.size() ||
+                    !std::equal(r.trusted_proxies.begin(), r.trusted_proxies.end(), first.trusted_proxies.begin(),
+                                [](const cidr& a, const cidr& b) { return a.text == b.text; }))
+                    fail(at, both + " but disagree on trusted_proxies");
+                for (std::size_t k = 0; k < r.sni.size(); ++k) {
+                    auto [it, fresh] = taken.emplace(r.sni[k], r.name);
+                    if (!fresh)
+                        fail(sni_nodes_.at(r.name)[k], "match.sni: '" + r.sni[k] + "' is also taken by route '" +
+                                                           it->second + "' on " + text);
+                }
+            }
+        }
+    }
+
+    bool boolean(const field& f) const {
+        auto v = scalar(f);
+        if (v == "true") return true;
+        if (v == "false") return false;
+        fail(f.value, f.what + " must be true or false (got '" + v + "')");
+    }
+
     route read_route(const YAML::Node& n, datapath_kind default_path) {
-        mapping m(*this, n, "route", {"name", "listen", "datapath", "balance", "timeouts", "backends"},
-                  {"max_connections", "send_proxy_protocol", "accept_proxy_protocol", "health_check"});
+        mapping m(*this, n, "route",
+                  {"name", "listen", "match", "datapath", "balance", "timeouts", "accept_proxy_protocol",
+                   "trusted_proxies", "send_proxy_protocol", "backends"},
+                  {"max_connections", "health_check", "passive"});
         route r;
         auto name = m.require("name");
         r.name = scalar(name);
@@ -368,9 +479,54 @@ private:
         }
         if (auto f = m.get("balance")) balance(*f);
         if (auto f = m.get("timeouts")) {
-            mapping t(*this, map_value(*f), "timeouts", {"connect", "idle"});
+            mapping t(*this, map_value(*f), "timeouts", {"connect", "idle", "handshake", "queue"});
             if (auto tf = t.get("connect")) r.timeouts.connect = duration(*tf, false);
             if (auto tf = t.get("idle")) r.timeouts.idle = duration(*tf, false);
+            if (auto tf = t.get("handshake")) r.timeouts.handshake = duration(*tf, false);
+            if (auto tf = t.get("queue")) fail(tf->key, "'queue' is not supported yet");
+        }
+        if (auto f = m.get("match")) {
+            mapping mt(*this, map_value(*f), "match", {"sni"});
+            auto sni = mt.require("sni");
+            const YAML::Node& list = value(sni);
+            std::vector<YAML::Node> names;
+            if (list.IsSequence()) {
+                if (list.size() == 0) fail(list, "match.sni is an empty list");
+                for (std::size_t i = 0; i < list.size(); ++i) names.push_back(item(list, i, "match.sni"));
+            } else {
+                names.push_back(list);
+            }
+            for (const auto& node : names) {
+                auto text = scalar(node, "match.sni");
+                if (auto why = proxy::validate_sni_pattern(text)) fail(node, "match.sni: '" + text + "': " + *why);
+                const std::string pattern = proxy::normalize_sni(text);
+                if (std::find(r.sni.begin(), r.sni.end(), pattern) != r.sni.end())
+                    fail(node, "match.sni: '" + text + "' is listed twice");
+                r.sni.push_back(pattern);
+                sni_nodes_[r.name].push_back(node);
+            }
+        }
+        if (auto f = m.get("accept_proxy_protocol")) r.accept_proxy_protocol = boolean(*f);
+        if (auto f = m.get("trusted_proxies")) {
+            if (!r.accept_proxy_protocol) fail(f->key, "trusted_proxies needs accept_proxy_protocol: true");
+            const YAML::Node& list = value(*f);
+            if (!list.IsSequence()) fail(list, std::string("trusted_proxies must be a list, not ") + kind_of(list));
+            if (list.size() == 0) fail(list, "trusted_proxies is an empty list (leave it out to trust every source)");
+            for (std::size_t i = 0; i < list.size(); ++i) {
+                auto node = item(list, i, "trusted_proxies");
+                auto text = scalar(node, "trusted_proxies");
+                auto parsed = parse_cidr(text);
+                if (auto* why = std::get_if<std::string>(&parsed))
+                    fail(node, "trusted_proxies: bad network '" + text + "': " + *why + "; expected e.g. 10.0.0.0/8");
+                r.trusted_proxies.push_back(std::get<cidr>(std::move(parsed)));
+            }
+        }
+        if (auto f = m.get("send_proxy_protocol")) {
+            auto v = scalar(*f);
+            if (v == "off") r.send_proxy_protocol = proxy_protocol_version::off;
+            else if (v == "v1") r.send_proxy_protocol = proxy_protocol_version::v1;
+            else if (v == "v2") r.send_proxy_protocol = proxy_protocol_version::v2;
+            else fail(f->value, "unknown send_proxy_protocol '" + v + "' (expected off, v1 or v2)");
         }
 
         auto backends = m.require("backends");
@@ -384,9 +540,15 @@ private:
         return r;
     }
 
+    struct listen_user {
+        std::string route;
+        YAML::Node node;  // the listen entry, for messages
+    };
     std::string source_;
     std::set<std::string> names_;                  // route names seen so far
-    std::map<std::string, std::string> listens_;  // normalised listen address -> who uses it
+    std::map<std::string, std::string> listens_;  // metrics.listen -> "metrics.listen"
+    std::map<std::string, std::vector<listen_user>> shared_;     // route listen address -> routes on it
+    std::map<std::string, std::vector<YAML::Node>> sni_nodes_;  // route -> its match.sni entries
 };
 
 }  // namespace

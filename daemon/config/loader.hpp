@@ -7,6 +7,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <variant>
 
 namespace spliced::config {
 
@@ -37,5 +38,8 @@ std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);
 
 // "1.2.3.4:80", "[::1]:80"; IP literals only. nullopt when malformed.
 std::optional<address> parse_address(std::string_view text);
+
+// "10.0.0.0/8", "2001:db8::/32", "192.0.2.7" (a host); the network, or what is wrong with the text.
+std::variant<cidr, std::string> parse_cidr(std::string_view text);
 
 }  // namespace spliced::config

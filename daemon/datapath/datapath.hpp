@@ -86,8 +86,13 @@ struct pair_state {
     // splice, promotable: set when both directions stopped, pipes empty, to move to sockmap;
     // and the bytes userspace has written to each socket so far (for the sockmap baselines).
     bool promoting = false;
-    std::uint64_t written_to_client = 0;
-    std::uint64_t written_to_upstream = 0;
+    std::uint64_t written_to_client = 0;     // bytes from the upstream
+    std::uint64_t written_to_upstream = 0;   // bytes from the client
+    // Bytes userspace read from the client and did not forward (an accepted PROXY header), and bytes it
+    // wrote to the upstream that the client never sent (the PROXY header spliced sends): the sockmap
+    // FIN drain and the access log count the client's stream without them.
+    std::uint64_t consumed_from_client = 0;
+    std::uint64_t injected_to_upstream = 0;
 
     // Ends the pair early: records why and cancels every pending operation on both sockets.
     void abort(end_reason why);

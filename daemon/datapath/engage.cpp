@@ -60,8 +60,10 @@ bool insert(pair_state& p, sockmap_engine& engine, const metrics::route_metrics&
         return false;
     }
     p.maps = ins.pair;
+    // The upstream's total at insertion holds what userspace injected; the client's received total
+    // holds what userspace consumed: the base takes both out of the comparison.
     p.client_queued_base = ins.pair.client_queued_base - p.written_to_client;
-    p.upstream_queued_base = ins.pair.upstream_queued_base - p.written_to_upstream;
+    p.upstream_queued_base = ins.pair.upstream_queued_base - p.written_to_upstream - p.consumed_from_client;
     return true;
 }
 
@@ -97,10 +99,24 @@ net::awaitable<void> run_spliced_or_copied(pair_state& p, kind path, std::uint64
         co_await run_copy(p);
 }
 
+// Writes the pending bytes to the upstream, beside the idle watchdog.
+net::awaitable<bool> send_pending(pair_state& p, std::span<const std::uint8_t> pending) {
+    auto write = [](pair_state& p, std::span<const std::uint8_t> bytes) -> net::awaitable<void> {
+        co_await write_all(p, p.client, p.upstream, reinterpret_cast<const char*>(bytes.data()), bytes.size());
+    };
+    const bool ended = co_await with_idle_watchdog(p, write(p, pending));
+    if (ended && !p.aborted) p.injected_to_upstream += pending.size();
+    co_return ended && !p.aborted;
+}
+
 }  // namespace
 
 net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engine, const metrics::route_metrics& m,
-                            std::uint64_t id, std::string_view route) {
+                            std::uint64_t id, std::string_view route, std::span<const std::uint8_t> pending) {
+    if (!pending.empty()) {
+        const bool sent = co_await send_pending(p, pending);
+        if (!sent) co_return;
+    }
     kind path = pl.path;
     if (path == kind::sockmap && !engine) path = kind::splice;
     if (path == kind::sockmap) {

@@ -1,6 +1,8 @@
 // Prometheus metrics: the one table of spliced_* families, per-route handles, and the /metrics endpoint.
 #include "metrics/metrics.hpp"
 
+#include "proxy/proxy_protocol.hpp"
+
 #include <mutex>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -22,6 +24,8 @@ const char* to_string(connect_error e) {
     return "other";
 }
 
+void listener_metrics::unmatched() const { sni_unmatched->Increment(); }
+
 void route_metrics::connection_opened() const { active->Increment(); }
 
 void route_metrics::connection_handed_off(datapath::kind k) const {
@@ -38,6 +42,11 @@ void route_metrics::sockmap_fallback(datapath::fallback_reason why) const {
     sockmap_fallbacks[static_cast<std::size_t>(why)]->Increment();
 }
 
+static_assert(proxy_error_count == static_cast<std::size_t>(proxy::proxy_protocol_error::closed) + 1,
+              "one series per PROXY error reason");
+
+void route_metrics::proxy_protocol_failed(std::size_t reason) const { proxy_errors.at(reason)->Increment(); }
+
 void route_metrics::connect_failed(std::size_t backend, connect_error e) const {
     connect_errors.at(backend)[static_cast<std::size_t>(e)]->Increment();
 }
@@ -51,6 +60,8 @@ struct registry::families {
     prometheus::Family<prometheus::Counter>& sockmap_promotions_total;
     prometheus::Family<prometheus::Counter>& sockmap_fallbacks_total;
     prometheus::Family<prometheus::Counter>& sockmap_demotions_total;
+    prometheus::Family<prometheus::Counter>& proxy_protocol_errors_total;
+    prometheus::Family<prometheus::Counter>& sni_unmatched_total;
 
     explicit families(prometheus::Registry& r)
         : connections_total(prometheus::BuildCounter()
@@ -82,7 +93,16 @@ struct registry::families {
                                       .Name("spliced_sockmap_demotions_total")
                                       .Help("Sockmap directions moved to userspace copy (peer miss, or the peer fell "
                                             "too far behind what was redirected to it: the egress bound)")
-                                      .Register(r)) {}
+                                      .Register(r)),
+          proxy_protocol_errors_total(prometheus::BuildCounter()
+                                          .Name("spliced_proxy_protocol_errors_total")
+                                          .Help("Client connections closed for a missing or bad PROXY header, by reason")
+                                          .Register(r)),
+          sni_unmatched_total(prometheus::BuildCounter()
+                                  .Name("spliced_sni_unmatched_total")
+                                  .Help("Connections to an SNI-routed address that no match.sni took (no TLS, no "
+                                        "SNI, too large or no match): sent to the default route or closed")
+                                  .Register(r)) {}
 };
 
 // Counters whose value lives elsewhere (BPF maps) and is read when scraped.
@@ -128,6 +148,11 @@ route_metrics registry::add_route(const config::route& r) {
     m.active = &families_->connections_active.Add({{"route", r.name}});
     m.promotions = &families_->sockmap_promotions_total.Add({{"route", r.name}});
     m.demotions = &families_->sockmap_demotions_total.Add({{"route", r.name}});
+    for (std::size_t i = 0; i < proxy_error_count; ++i) {
+        const auto reason = proxy::to_string(static_cast<proxy::proxy_protocol_error>(i));
+        m.proxy_errors[i] =
+            &families_->proxy_protocol_errors_total.Add({{"route", r.name}, {"reason", std::string(reason)}});
+    }
     for (std::size_t i = 0; i < datapath::fallback_reason_count; ++i)
         m.sockmap_fallbacks[i] = &families_->sockmap_fallbacks_total.Add(
             {{"route", r.name}, {"reason", datapath::to_string(static_cast<datapath::fallback_reason>(i))}});
@@ -139,6 +164,10 @@ route_metrics registry::add_route(const config::route& r) {
         m.connect_errors.push_back(per_reason);
     }
     return m;
+}
+
+listener_metrics registry::add_listener(const std::string& listen) {
+    return {&families_->sni_unmatched_total.Add({{"listen", listen}})};
 }
 
 void registry::add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value) {

@@ -25,6 +25,16 @@ enum class connect_error { refused, timeout, unreachable, other, local };
 inline constexpr std::size_t connect_error_count = 5;
 const char* to_string(connect_error e);
 
+// Why a connection's preamble failed (the `reason` label of spliced_proxy_protocol_errors_total): the
+// values of proxy::proxy_protocol_error, in its order.
+inline constexpr std::size_t proxy_error_count = 7;
+
+// Handles of one listen address's series.
+struct listener_metrics {
+    prometheus::Counter* sni_unmatched = nullptr;  // connections no match.sni took (default route or closed)
+    void unmatched() const;
+};
+
 // Handles of one route's series, created once at startup.
 struct route_metrics {
     std::array<prometheus::Counter*, 3> connections{};  // by datapath::kind
@@ -32,6 +42,7 @@ struct route_metrics {
     prometheus::Counter* promotions = nullptr;
     prometheus::Counter* demotions = nullptr;
     std::array<prometheus::Counter*, datapath::fallback_reason_count> sockmap_fallbacks{};
+    std::array<prometheus::Counter*, proxy_error_count> proxy_errors{};
     // [backend index][connect_error]
     std::vector<std::array<prometheus::Counter*, connect_error_count>> connect_errors;
 
@@ -42,6 +53,7 @@ struct route_metrics {
     void demoted() const;   // a sockmap direction moved to userspace copy
     void sockmap_fallback(datapath::fallback_reason why) const;  // stayed off sockmap
     void connect_failed(std::size_t backend, connect_error e) const;
+    void proxy_protocol_failed(std::size_t reason) const;  // a proxy::proxy_protocol_error
 };
 
 class registry {
@@ -50,6 +62,8 @@ public:
     ~registry();
     // Adds every series of a route.
     route_metrics add_route(const config::route& r);
+    // Adds the series of a listen address ("listen" label: the address as the config writes it).
+    listener_metrics add_listener(const std::string& listen);
     // Exposes `value()` as a counter sampled at scrape time (e.g. BPF per-CPU sums).
     void add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value);
     // Serves GET /metrics on the address; throws std::runtime_error when it cannot bind.

@@ -3,8 +3,11 @@
 
 #include "log/log.hpp"
 #include "net/upstream.hpp"
+#include "proxy/preamble.hpp"
+#include "proxy/route_table.hpp"
 #include "sys/socket.hpp"
 
+#include <cstring>
 #include <optional>
 
 namespace spliced::proxy {
@@ -71,19 +74,45 @@ void prepare(net::tcp::socket& s) {
     s.non_blocking(true);
 }
 
+// The addresses a PROXY header sent upstream names: those of the accepted header, else the client socket's.
+std::vector<std::uint8_t> proxy_header_to_send(config::proxy_protocol_version version, const net::tcp::socket& client,
+                                               const std::optional<proxy_header>& accepted,
+                                               const std::optional<std::string>& server_name, std::uint64_t id) {
+    std::optional<ip_endpoint> src, dst;
+    if (accepted && accepted->has_addresses()) {
+        src = accepted->source;
+        dst = accepted->destination;
+    } else {
+        boost::system::error_code ec1, ec2;
+        auto peer = client.remote_endpoint(ec1);
+        auto local = client.local_endpoint(ec2);
+        if (ec1 || ec2) return {};
+        sockaddr_storage a{}, b{};
+        std::memcpy(&a, peer.data(), peer.size());
+        std::memcpy(&b, local.data(), local.size());
+        src = from_sockaddr(a);
+        dst = from_sockaddr(b);
+    }
+    if (!src || !dst) return {};
+    if (version == config::proxy_protocol_version::v1) return encode_v1(*src, *dst);
+    const std::string unique = std::to_string(id);
+    return encode_v2(*src, *dst, server_name.value_or(""),
+                     std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(unique.data()), unique.size()));
+}
+
 class session final : public session_registry::entry {
 public:
-    session(std::shared_ptr<route_runtime> route, session_env env, net::tcp::socket client, std::uint64_t id)
-        : route_(std::move(route)), env_(env), client_(std::move(client)), upstream_(client_.get_executor()),
+    session(std::shared_ptr<const listener_routes> listener, session_env env, net::tcp::socket client,
+            std::uint64_t id)
+        : listener_(std::move(listener)), env_(env), client_(std::move(client)), upstream_(client_.get_executor()),
           id_(id), started_(std::chrono::steady_clock::now()) {
-        route_->metrics.connection_opened();
         env_.active->fetch_add(1, std::memory_order_relaxed);
         env_.live->add(*this);
     }
     ~session() {
         finish(datapath::end_reason::shutdown, true);  // a no-op unless the session was cut short
         env_.live->remove(*this);
-        route_->metrics.connection_closed();
+        if (route_) route_->metrics.connection_closed();
         env_.active->fetch_sub(1, std::memory_order_relaxed);
     }
     session(const session&) = delete;
@@ -93,7 +122,7 @@ public:
     void cut() override {
         cut_ = true;
         if (pair_) pair_->abort(datapath::end_reason::shutdown);
-        // While connecting: the connect ends within its timeout, and run() then sees cut_.
+        // While in the preamble or connecting: both end within their timeouts, and run() then sees cut_.
     }
     void finish_cut() override { finish(datapath::end_reason::shutdown, true); }
 
@@ -101,8 +130,12 @@ private:
     // Ends the connection once: closes both sockets (with a reset unless it completed) and writes its
     // one access-log line. `cut_short`: it ended before its data path did.
     void finish(datapath::end_reason why, bool cut_short);
+    // Ends a connection refused before it reached a backend; `end` names why in the access log.
+    void refuse(const char* end, bool reset);
+    bool trusted_source() const;
 
-    std::shared_ptr<route_runtime> route_;
+    std::shared_ptr<const listener_routes> listener_;
+    std::shared_ptr<route_runtime> route_;  // once chosen (after the preamble)
     session_env env_;
     net::tcp::socket client_;
     net::tcp::socket upstream_;
@@ -111,14 +144,70 @@ private:
     std::chrono::steady_clock::time_point started_;
     std::string client_text_;
     std::optional<std::size_t> backend_;
+    std::size_t consumed_ = 0;       // bytes of the client's stream the preamble took (a PROXY header)
+    const char* refused_ = nullptr;  // the access log's `end` for a connection refused before a backend
     bool cut_ = false;
     bool finished_ = false;
 };
+
+bool session::trusted_source() const {
+    if (listener_->trusted_proxies.empty()) return true;
+    boost::system::error_code ec;
+    auto peer = client_.remote_endpoint(ec);
+    if (ec) return false;
+    for (const auto& net : listener_->trusted_proxies)
+        if (net.contains(peer.data())) return true;
+    return false;
+}
 
 net::awaitable<void> session::run() {
     prepare(client_);
     // Only the access log needs the peer's address (one getpeername per connection otherwise).
     if (env_.access_log) client_text_ = endpoint_text(client_, true);
+
+    std::optional<proxy_header> accepted;
+    std::optional<std::string> server_name;
+    if (listener_->accept_proxy_protocol || listener_->reads_client_hello()) {
+        auto& counted = listener_->preamble_route();
+        if (listener_->accept_proxy_protocol && !trusted_source()) {
+            counted.metrics.proxy_protocol_failed(static_cast<std::size_t>(proxy_protocol_error::untrusted));
+            refuse("untrusted", true);
+            co_return;
+        }
+        const preamble pre = co_await read_preamble(client_, *listener_);
+        if (cut_) {
+            finish(datapath::end_reason::shutdown, true);
+            co_return;
+        }
+        if (pre.result == preamble::outcome::proxy_error) {
+            counted.metrics.proxy_protocol_failed(static_cast<std::size_t>(pre.proxy_reason));
+            static log::once_per warning(std::chrono::seconds(10));
+            if (std::uint64_t more = 0; warning.allow(more))
+                spdlog::warn("conn {} {}: PROXY header refused: {} ({} more since the last warning)", id_,
+                             listener_->addr.text, to_string(pre.proxy_reason), more);
+            refuse("bad_proxy_header", pre.sent_unread);
+            co_return;
+        }
+        if (pre.result == preamble::outcome::closed) {
+            refuse("client_closed", true);
+            co_return;
+        }
+        accepted = pre.proxy;
+        consumed_ = pre.consumed;
+        server_name = pre.server_name;
+        if (accepted && accepted->has_addresses() && env_.access_log) client_text_ = to_string(*accepted->source);
+        if (listener_->reads_client_hello()) {
+            route_ = listener_->route_for(server_name);
+            const bool matched = server_name && listener_->sni.match(*server_name);
+            if (!matched) listener_->metrics.unmatched();
+            if (!route_) {
+                refuse("no_route", true);
+                co_return;
+            }
+        }
+    }
+    if (!route_) route_ = listener_->fallback ? listener_->fallback : listener_->routes.front();
+    route_->metrics.connection_opened();
 
     std::size_t backend_index = 0;
     auto upstream = co_await connect_any(*route_, id_, backend_index);
@@ -133,9 +222,19 @@ net::awaitable<void> session::run() {
         co_return;
     }
     prepare(upstream_);
+    std::vector<std::uint8_t> header;
+    if (route_->cfg.send_proxy_protocol != config::proxy_protocol_version::off)
+        header = proxy_header_to_send(route_->cfg.send_proxy_protocol, client_, accepted, server_name, id_);
     pair_.emplace(client_, upstream_, route_->cfg.timeouts.idle);
-    co_await datapath::engage(*pair_, route_->plan, env_.engine, route_->metrics, id_, route_->cfg.name);
+    pair_->consumed_from_client = consumed_;
+    co_await datapath::engage(*pair_, route_->plan, env_.engine, route_->metrics, id_, route_->cfg.name, header);
     finish(pair_->reason, false);
+}
+
+void session::refuse(const char* end, bool reset) {
+    refused_ = end;
+    if (reset && client_.is_open()) sys::set_linger_reset(client_.native_handle());
+    finish(datapath::end_reason::error, false);
 }
 
 void session::finish(datapath::end_reason why, bool cut_short) {
@@ -152,7 +251,7 @@ void session::finish(datapath::end_reason why, bool cut_short) {
         env_.engine->remove(*p->maps);
         p->maps.reset();
     }
-    if (reason != datapath::end_reason::completed) {
+    if (reason != datapath::end_reason::completed && !refused_) {
         // Not a clean end of both streams: each peer must see a reset, never a FIN after a short stream.
         if (client_.is_open()) sys::set_linger_reset(client_.native_handle());
         if (upstream_.is_open()) sys::set_linger_reset(upstream_.native_handle());
@@ -161,30 +260,33 @@ void session::finish(datapath::end_reason why, bool cut_short) {
     client_.close(ignored);
     upstream_.close(ignored);
 
+    const std::string& route_name = route_ ? route_->cfg.name : listener_->preamble_route().cfg.name;
     if (p && p->stranded_bytes)
         spdlog::error("conn {} route {}: {} redirected bytes never reached the peer socket; both sides reset", id_,
-                      route_->cfg.name, p->stranded_bytes);
+                      route_name, p->stranded_bytes);
     if (p && p->demoted_bytes)
-        spdlog::info("conn {} route {}: {} bytes copied by userspace after a sockmap demotion", id_, route_->cfg.name,
+        spdlog::info("conn {} route {}: {} bytes copied by userspace after a sockmap demotion", id_, route_name,
                      p->demoted_bytes);
     if (!env_.access_log) return;
     const auto duration =
         std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_).count();
-    const char* end = !backend_ && !cut_short ? "no_backend" : datapath::to_string(reason);
+    const char* end = refused_                   ? refused_
+                      : !backend_ && !cut_short ? "no_backend"
+                                                : datapath::to_string(reason);
+    const std::uint64_t in = p ? p->payload_received(client_, from_client.bytes_received) : 0;
     env_.access_log->info("conn={} route={} client={} backend={} datapath={} duration_ms={} bytes_in={} bytes_out={} "
                           "end={}",
-                          id_, route_->cfg.name, client_text_.empty() ? "?" : client_text_,
+                          id_, route_name, client_text_.empty() ? "?" : client_text_,
                           backend_ ? route_->cfg.backends[*backend_].addr.text : std::string("-"),
-                          p ? p->paths.text() : std::string("-"), duration,
-                          p ? p->payload_received(client_, from_client.bytes_received) : 0,
+                          p ? p->paths.text() : std::string("-"), duration, in > consumed_ ? in - consumed_ : 0,
                           p ? p->payload_received(upstream_, from_upstream.bytes_received) : 0, end);
 }
 
 }  // namespace
 
-net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_env env, net::tcp::socket client,
-                                 std::uint64_t id) {
-    session s(std::move(route), env, std::move(client), id);
+net::awaitable<void> run_session(std::shared_ptr<const listener_routes> listener, session_env env,
+                                 net::tcp::socket client, std::uint64_t id) {
+    session s(std::move(listener), env, std::move(client), id);
     co_await s.run();
 }
 

@@ -71,8 +71,10 @@ struct session_env {
     session_registry* live = nullptr;            // this worker's open sessions
 };
 
-// The session coroutine; spawn it with the accepted socket.
-net::awaitable<void> run_session(std::shared_ptr<route_runtime> route, session_env env, net::tcp::socket client,
-                                 std::uint64_t id);
+struct listener_routes;
+
+// The session coroutine; spawn it with a socket accepted on `listener`.
+net::awaitable<void> run_session(std::shared_ptr<const listener_routes> listener, session_env env,
+                                 net::tcp::socket client, std::uint64_t id);
 
 }  // namespace spliced::proxy

@@ -157,8 +157,7 @@ TEST_CASE("a key given twice in one mapping is refused at the second one") {
 
 TEST_CASE("keys of the design that are not implemented yet are refused as such, not ignored") {
     for (auto [key, name] : {std::pair{"max_connections: 10", "max_connections"},
-                             std::pair{"send_proxy_protocol: v2", "send_proxy_protocol"},
-                             std::pair{"accept_proxy_protocol: true", "accept_proxy_protocol"},
+                             std::pair{"passive: { failures: 3 }", "passive"},
                              std::pair{"health_check: { interval: 5s }", "health_check"}})
         CHECK(error_of(minimal_route + "    " + key + "\n") == std::string("6:5: '") + name + "' is not supported yet");
     CHECK(error_of(minimal_route + "        weight: 2\n") == "6:9: 'weight' is not supported yet");
@@ -251,9 +250,11 @@ TEST_CASE("route names and listen addresses must be unique, refused at the secon
                "    backends: [{address: 127.0.0.1:9}]\n";
     };
     CHECK(error_of(two("a", "127.0.0.1:2")) == "5:11: duplicate route name 'a'");
-    CHECK(error_of(two("b", "127.0.0.1:1")) == "6:13: listen address 127.0.0.1:1 is already used by route 'a'");
+    CHECK(error_of(two("b", "127.0.0.1:1")) ==
+          "6:13: routes 'a' and 'b' share 127.0.0.1:1 and neither has match.sni: at most one route per address may "
+          "take the connections no name matches");
     // Compared after normalisation, so two spellings of one IPv6 address collide.
-    CHECK(error_of(two("b", "[\"[::1]:5\", \"[0::1]:5\"]")) == "6:25: listen address [::1]:5 is already used by route 'b'");
+    CHECK(error_of(two("b", "[\"[::1]:5\", \"[0::1]:5\"]")) == "6:25: listen address [::1]:5 is listed twice");
     CHECK(error_of("metrics: { listen: 127.0.0.1:8080 }\n" + minimal_route) ==
           "4:13: listen address 127.0.0.1:8080 is already used by metrics.listen");
 }
@@ -400,4 +401,94 @@ TEST_CASE("a stray comma after a scalar is refused, not parsed for ever (yaml-cp
     // Found by tests/fuzz/config_fuzz; with YAML::LoadAll this never returned and kept allocating.
     CHECK_FALSE(error_of("key: value\n,\n").empty());
     CHECK_FALSE(error_of("# spliced example\ndatapath: auto\nrouted pas:s\n,,,,,,,,,,,,,,,,\n      - address:@ 1\n").empty());
+}
+
+namespace {
+
+// Two routes on 127.0.0.1:1; `a_extra` and `b_extra` are extra route lines (4-space indented).
+std::string shared(const std::string& a_extra, const std::string& b_extra) {
+    return "routes:\n"
+           "  - name: a\n"
+           "    listen: 127.0.0.1:1\n" +
+           a_extra +
+           "    backends: [{address: 127.0.0.1:9}]\n"
+           "  - name: b\n"
+           "    listen: 127.0.0.1:1\n" +
+           b_extra + "    backends: [{address: 127.0.0.1:9}]\n";
+}
+
+}  // namespace
+
+TEST_CASE("the preamble keys parse: match.sni normalised, PROXY protocol both ways, trusted networks, handshake") {
+    auto c = load_string("routes:\n"
+                         "  - name: web\n"
+                         "    listen: 127.0.0.1:443\n"
+                         "    match: { sni: [\"WWW.Example.com.\", \"*.example.com\"] }\n"
+                         "    accept_proxy_protocol: true\n"
+                         "    trusted_proxies: [\"10.0.0.0/8\", \"2001:db8::/32\", \"192.0.2.7\"]\n"
+                         "    send_proxy_protocol: v2\n"
+                         "    timeouts: { handshake: 3s }\n"
+                         "    backends: [{address: 127.0.0.1:9}]\n",
+                         "t.yaml");
+    const auto& r = c.routes.at(0);
+    CHECK(r.sni == std::vector<std::string>{"www.example.com", "*.example.com"});
+    CHECK(r.accept_proxy_protocol);
+    CHECK(r.send_proxy_protocol == proxy_protocol_version::v2);
+    CHECK(r.timeouts.handshake == std::chrono::seconds(3));
+    REQUIRE(r.trusted_proxies.size() == 3);
+    CHECK(r.trusted_proxies[2].bits == 32);
+    auto in = [&](const char* ip, std::size_t net) {
+        sockaddr_storage ss{};
+        if (std::string(ip).find(':') != std::string::npos) {
+            auto* a = reinterpret_cast<sockaddr_in6*>(&ss);
+            a->sin6_family = AF_INET6;
+            REQUIRE(inet_pton(AF_INET6, ip, &a->sin6_addr) == 1);
+        } else {
+            auto* a = reinterpret_cast<sockaddr_in*>(&ss);
+            a->sin_family = AF_INET;
+            REQUIRE(inet_pton(AF_INET, ip, &a->sin_addr) == 1);
+        }
+        return r.trusted_proxies[net].contains(reinterpret_cast<sockaddr*>(&ss));
+    };
+    CHECK(in("10.255.0.1", 0));
+    CHECK_FALSE(in("11.0.0.1", 0));
+    CHECK(in("::ffff:10.1.2.3", 0));  // an IPv4 client on a dual-stack socket
+    CHECK(in("2001:db8:1::5", 1));
+    CHECK_FALSE(in("2001:db9::5", 1));
+    CHECK(in("192.0.2.7", 2));
+    CHECK_FALSE(in("192.0.2.8", 2));
+    CHECK(load_string(minimal_route, "t").routes[0].send_proxy_protocol == proxy_protocol_version::off);
+    CHECK(load_string(minimal_route, "t").routes[0].timeouts.handshake == std::chrono::seconds(5));
+}
+
+TEST_CASE("routes may share a listen address by SNI; the loader refuses what cannot be routed, with positions") {
+    // One default and named routes: fine.
+    CHECK(load_string(shared("    match: { sni: [a.example.com] }\n", ""), "t").routes.size() == 2);
+    CHECK(load_string(shared("    match: { sni: [\"*.example.com\"] }\n", "    match: { sni: [a.example.com] }\n"),
+                      "t").routes.size() == 2);  // exact and wildcard may coexist: exact wins
+    CHECK(error_of(shared("    match: { sni: [a.example.com] }\n", "    match: { sni: [x.org, A.Example.COM.] }\n")) ==
+          "8:27: match.sni: 'a.example.com' is also taken by route 'a' on 127.0.0.1:1");
+    CHECK(error_of(shared("    accept_proxy_protocol: true\n", "    match: { sni: [a.example.com] }\n")) ==
+          "7:13: routes 'a' and 'b' share 127.0.0.1:1 but disagree on accept_proxy_protocol");
+    CHECK(error_of(shared("", "    match: { sni: [a.example.com] }\n    timeouts: { handshake: 1s }\n")) ==
+          "6:13: routes 'a' and 'b' share 127.0.0.1:1 but disagree on timeouts.handshake");
+    CHECK(starts_with(error_of(shared("    match: { sni: [\"a.*.com\"] }\n", "")), "4:20: match.sni: 'a.*.com': "));
+    CHECK(starts_with(error_of(shared("    match: { sni: [\"\"] }\n", "")), "4:20: match.sni: '': "));
+    CHECK(error_of(shared("    match: { sni: [a.example.com, A.example.com] }\n", "")) ==
+          "4:35: match.sni: 'A.example.com' is listed twice");
+}
+
+TEST_CASE("the preamble keys refuse bad values at their position") {
+    CHECK(error_of(minimal_route + "    accept_proxy_protocol: yes\n") ==
+          "6:28: accept_proxy_protocol must be true or false (got 'yes')");
+    CHECK(error_of(minimal_route + "    send_proxy_protocol: v3\n") ==
+          "6:26: unknown send_proxy_protocol 'v3' (expected off, v1 or v2)");
+    CHECK(error_of(minimal_route + "    trusted_proxies: [10.0.0.0/8]\n") ==
+          "6:5: trusted_proxies needs accept_proxy_protocol: true");
+    CHECK(error_of(minimal_route + "    accept_proxy_protocol: true\n    trusted_proxies: [10.0.0.1/8]\n") ==
+          "7:23: trusted_proxies: bad network '10.0.0.1/8': address has bits set past the /8 prefix; expected e.g. "
+          "10.0.0.0/8");
+    CHECK(error_of(minimal_route + "    accept_proxy_protocol: true\n    trusted_proxies: [10.0.0.0/33]\n") ==
+          "7:23: trusted_proxies: bad network '10.0.0.0/33': prefix length 33 is over 32; expected e.g. 10.0.0.0/8");
+    CHECK(error_of(minimal_route + "    timeouts: { handshake: 0s }\n") == "6:28: timeouts.handshake must be greater than zero");
 }
