@@ -42,6 +42,8 @@ struct route_def {
     std::vector<std::string> backends;
     std::string connect_timeout = "2s";
     std::string idle_timeout = "1h";
+    std::string extra = "";              // more route keys, each line indented by 4 spaces
+    std::string handshake_timeout = "";  // timeouts.handshake when set
 };
 
 struct proxy_fixture {
@@ -82,6 +84,9 @@ struct proxy_fixture {
             {"reset", {reset.address()}},
             {"idle", {echo.address()}, "2s", "1s"},
             {"slow", {slow.address()}},
+            {"pp", {echo.address()}, "2s", "1h", "    accept_proxy_protocol: true\n", "1s"},
+            {"pp_trusted", {echo.address()}, "2s", "1h",
+             "    accept_proxy_protocol: true\n    trusted_proxies: [\"10.0.0.0/8\"]\n"},
         };
         for (auto& r : routes) port[r.name] = fresh_port(AF_INET);
         write_file(dir.file("spliced.yaml"), config_text());
@@ -108,8 +113,9 @@ struct proxy_fixture {
               << "    listen: [\"127.0.0.1:" << port.at(r.name) << "\"";
             if (r.name == "echo") y << ", \"[::1]:" << echo_v6_port << "\"";
             y << "]\n"
-              << "    timeouts: { connect: " << r.connect_timeout << ", idle: " << r.idle_timeout << " }\n"
-              << "    backends:\n";
+              << "    timeouts: { connect: " << r.connect_timeout << ", idle: " << r.idle_timeout
+              << (r.handshake_timeout.empty() ? "" : ", handshake: " + r.handshake_timeout) << " }\n"
+              << r.extra << "    backends:\n";
             for (auto& b : r.backends) y << "      - address: " << b << "\n";
         }
         return y.str();
@@ -1098,6 +1104,142 @@ TEST_CASE("a backend reading 1 MB/s while the client sends as fast as it can for
         INFO("access log: " << line);
         CHECK_THAT(line, Catch::Contains(" datapath=sockmap+copy "));
     }
+}
+
+namespace {
+
+// "PROXY TCP4 198.51.100.7 203.0.113.9 <sport> 443\r\n".
+std::string proxy_v1(std::uint16_t sport) {
+    return "PROXY TCP4 198.51.100.7 203.0.113.9 " + std::to_string(sport) + " 443\r\n";
+}
+
+// A v2 PROXY TCP4 header from 198.51.100.8:<sport> to 203.0.113.9:443, with a CRC32C TLV when `crc` is set
+// (its value left wrong unless `good_crc`: the test does not compute CRC32C, so only a wrong one is sent).
+std::string proxy_v2(std::uint16_t sport, bool crc = false) {
+    std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
+    h += '\x21';  // v2, PROXY
+    h += '\x11';  // TCP over IPv4
+    const std::uint16_t len = 12 + (crc ? 7 : 0);
+    h += static_cast<char>(len >> 8);
+    h += static_cast<char>(len & 0xff);
+    for (int b : {198, 51, 100, 8, 203, 0, 113, 9}) h += static_cast<char>(b);
+    h += static_cast<char>(sport >> 8);
+    h += static_cast<char>(sport & 0xff);
+    h += '\x01';
+    h += '\xbb';
+    if (crc) h += std::string("\x03\x00\x04\xde\xad\xbe\xef", 7);
+    return h;
+}
+
+double proxy_errors(const metrics_snapshot& m, const std::string& route, const std::string& reason) {
+    return m.sum("spliced_proxy_protocol_errors_total", {{"route", route}, {"reason", reason}});
+}
+
+}  // namespace
+
+TEST_CASE("behind a PROXY header (v1 and v2), uploads and downloads with half-close come back sha256-intact and end "
+          "completed, and the access log names the header's client",
+          "[proxy][proxy_protocol]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    const std::uint16_t sport = 40000 + static_cast<std::uint16_t>(std::rand() % 20000);
+    for (const auto& [header, client] : {std::pair{proxy_v1(sport), std::string("198.51.100.7:") + std::to_string(sport)},
+                                         std::pair{proxy_v2(sport), std::string("198.51.100.8:") + std::to_string(sport)}}) {
+        for (std::size_t len : {std::size_t(0), std::size_t(1), 64 * KiB, 4 * MiB}) {
+            auto fd = px.connect("pp", 20s);
+            REQUIRE(send_all(fd.get(), header.data(), header.size()));
+            INFO("header v" << (header[0] == 'P' ? 1 : 2) << ", " << len << " bytes");
+            CHECK(echo_check(fd.get(), payload(0x99 + len), len, clock::now() + 20s, true) == "");
+            fd.reset();
+            std::string line;
+            run_until([&] { return (line = last_access_line("pp")).find(" client=" + client + " ") != std::string::npos &&
+                                   line.find(" bytes_out=" + std::to_string(len) + " ") != std::string::npos; },
+                      5s);
+            INFO("access log: " << line);
+            CHECK_THAT(line, Catch::Contains(" client=" + client + " "));
+            CHECK_THAT(line, Catch::Contains(" end=completed"));
+            // bytes_in counts the client's payload, not the header spliced took off the stream.
+            CHECK_THAT(line, Catch::Contains(" bytes_in=" + std::to_string(len) + " "));
+        }
+    }
+}
+
+TEST_CASE("a bad, cut, slow, absent or untrusted PROXY header costs only its own connection: reset, counted by "
+          "reason, nothing sent to the backend",
+          "[proxy][proxy_protocol]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    const auto m0 = px.metrics();
+    const std::uint64_t echo_bytes0 = px.echo.bytes_received();
+    auto expect_end = [&](unique_fd fd, std::chrono::milliseconds within) {
+        const auto t0 = clock::now();
+        const auto end = wait_closed(fd.get(), within + 2s);
+        return std::pair{end, seconds_since(t0)};
+    };
+    {  // garbage where the header should be
+        auto fd = px.connect("pp", 5s);
+        const std::string garbage = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        REQUIRE(send_all(fd.get(), garbage.data(), garbage.size()));
+        auto [end, took] = expect_end(std::move(fd), 1s);
+        CHECK(end == end_kind::reset);
+        CHECK(took < 1.0);
+    }
+    {  // v1 with an octet over 255
+        auto fd = px.connect("pp", 5s);
+        const std::string bad = "PROXY TCP4 198.51.100.256 203.0.113.9 1 443\r\n";
+        REQUIRE(send_all(fd.get(), bad.data(), bad.size()));
+        CHECK(expect_end(std::move(fd), 1s).first == end_kind::reset);
+    }
+    {  // v2 with a wrong CRC32C
+        auto fd = px.connect("pp", 5s);
+        const auto bad = proxy_v2(1234, true);
+        REQUIRE(send_all(fd.get(), bad.data(), bad.size()));
+        CHECK(expect_end(std::move(fd), 1s).first == end_kind::reset);
+    }
+    {  // nothing at all: closed at the 1 s handshake timeout
+        auto fd = px.connect("pp", 5s);
+        auto [end, took] = expect_end(std::move(fd), 1s);
+        CHECK((end == end_kind::reset || end == end_kind::eof));
+        CHECK(took >= 0.9);
+        CHECK(took < 2.5);
+    }
+    {  // a valid header, one byte every 200 ms: still unfinished at the timeout, and no spinning meanwhile
+        auto fd = px.connect("pp", 5s);
+        const auto header = proxy_v1(1);
+        const double cpu0 = cpu_seconds(px.daemon->pid());
+        const auto t0 = clock::now();
+        for (std::size_t i = 0; i < 4; ++i) {  // 0.8 s: the last byte goes out before the 1 s timeout
+            if (::send(fd.get(), header.data() + i, 1, MSG_NOSIGNAL) != 1) break;
+            std::this_thread::sleep_for(200ms);
+        }
+        auto [end, took] = expect_end(std::move(fd), 1s);
+        CHECK(end == end_kind::reset);
+        const double cpu = cpu_seconds(px.daemon->pid()) - cpu0;
+        std::cout << "  1 byte / 200 ms: closed after " << seconds_since(t0) << " s, daemon CPU " << cpu << " s"
+                  << std::endl;
+        CHECK(cpu < 0.3);
+    }
+    {  // a source outside trusted_proxies: refused before anything is read
+        // (Nothing sent: a send racing the reset would take the error, and the read would see a plain EOF.)
+        auto fd = px.connect("pp_trusted", 5s);
+        CHECK(expect_end(std::move(fd), 1s).first == end_kind::reset);
+    }
+    // The backend saw none of it; each refusal is counted by reason.
+    CHECK(run_until(
+        [&] {
+            const auto m = px.metrics();
+            return proxy_errors(m, "pp", "malformed") - proxy_errors(m0, "pp", "malformed") == 2 &&
+                   proxy_errors(m, "pp", "bad_crc") - proxy_errors(m0, "pp", "bad_crc") == 1 &&
+                   proxy_errors(m, "pp", "timeout") - proxy_errors(m0, "pp", "timeout") == 2 &&
+                   proxy_errors(m, "pp_trusted", "untrusted") - proxy_errors(m0, "pp_trusted", "untrusted") == 1;
+        },
+        5s));
+    CHECK(px.echo.bytes_received() == echo_bytes0);
+    // And the route still serves.
+    auto fd = px.connect("pp", 5s);
+    const auto header = proxy_v2(3);
+    REQUIRE(send_all(fd.get(), header.data(), header.size()));
+    CHECK(echo_check(fd.get(), payload(0x77), 64 * KiB, clock::now() + 10s, true) == "");
 }
 
 TEST_CASE("after every case, no route has an active connection and no sockhash, peers or budget entry is left",
