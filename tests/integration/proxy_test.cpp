@@ -87,8 +87,13 @@ struct proxy_fixture {
             {"pp", {echo.address()}, "2s", "1h", "    accept_proxy_protocol: true\n", "1s"},
             {"pp_trusted", {echo.address()}, "2s", "1h",
              "    accept_proxy_protocol: true\n    trusted_proxies: [\"10.0.0.0/8\"]\n"},
+            // Three routes on one address (sni_default's port): by SNI, with a default.
+            {"sni_a", {echo.address()}, "2s", "1h", "    match: { sni: [a.example.com] }\n", "1s"},
+            {"sni_wild", {sink.address()}, "2s", "1h", "    match: { sni: [\"*.example.com\"] }\n", "1s"},
+            {"sni_default", {banner.address()}, "2s", "1h", "", "1s"},
         };
         for (auto& r : routes) port[r.name] = fresh_port(AF_INET);
+        port["sni_a"] = port["sni_wild"] = port["sni_default"];
         write_file(dir.file("spliced.yaml"), config_text());
         daemon = std::make_unique<daemon_process>(settings().binary, dir.file("spliced.yaml"), dir.file("spliced.log"),
                                                   dir.file("notify.sock"));
@@ -1240,6 +1245,88 @@ TEST_CASE("a bad, cut, slow, absent or untrusted PROXY header costs only its own
     const auto header = proxy_v2(3);
     REQUIRE(send_all(fd.get(), header.data(), header.size()));
     CHECK(echo_check(fd.get(), payload(0x77), 64 * KiB, clock::now() + 10s, true) == "");
+}
+
+namespace {
+
+// A minimal TLS 1.2 ClientHello record with an SNI extension for `name` (none when empty), padded with an extension
+// of `padding` bytes; split into TLS records of at most `record` payload bytes.
+std::string client_hello(const std::string& name, std::size_t padding = 0, std::size_t record = 16384) {
+    auto u16 = [](std::size_t v) { return std::string{static_cast<char>(v >> 8), static_cast<char>(v & 0xff)}; };
+    std::string ext;
+    if (!name.empty()) {
+        const std::string entry = std::string(1, '\0') + u16(name.size()) + name;
+        ext += u16(0) + u16(entry.size() + 2) + u16(entry.size()) + entry;
+    }
+    if (padding) ext += u16(21) + u16(padding) + std::string(padding, '\0');
+    std::string body = u16(0x0303) + std::string(32, '\x42') + std::string(1, '\0') + u16(2) + u16(0x002f) +
+                       std::string("\x01\x00", 2) + u16(ext.size()) + ext;
+    const std::string msg = std::string(1, '\x01') + std::string(1, static_cast<char>(body.size() >> 16)) +
+                            u16(body.size() & 0xffff) + body;
+    std::string out;
+    for (std::size_t off = 0; off < msg.size(); off += record) {
+        const std::string part = msg.substr(off, record);
+        out += std::string("\x16\x03\x01", 3) + u16(part.size()) + part;
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("one address, three routes by SNI: a ClientHello in 1-byte segments reaches the exact match, a wildcard "
+          "name its route, and no SNI, not TLS, too large or silence the default; the hello reaches the backend "
+          "byte for byte",
+          "[proxy][sni]") {
+    ANNOUNCE_DATAPATH();
+    auto& px = proxy();
+    const auto m0 = px.metrics();
+    const std::string listen = "127.0.0.1:" + std::to_string(px.port.at("sni_default"));
+    const double unmatched0 = m0.sum("spliced_sni_unmatched_total", {{"listen", listen}});
+    {  // exact name, hello sent one byte at a time: the echo backend sends back the hello itself, then the payload
+        auto fd = px.connect("sni_a", 10s);
+        const auto hello = client_hello("A.Example.COM.");
+        for (char c : hello) {
+            REQUIRE(::send(fd.get(), &c, 1, MSG_NOSIGNAL) == 1);
+            std::this_thread::sleep_for(std::chrono::microseconds(200));
+        }
+        std::string back(hello.size(), '\0');
+        REQUIRE(recv_exact(fd.get(), back.data(), back.size()) == static_cast<long>(back.size()));
+        CHECK(back == hello);
+        CHECK(echo_check(fd.get(), payload(0x5a1), 256 * KiB, clock::now() + 10s, true) == "");
+        fd.reset();
+        std::string line;
+        run_until([&] { return !(line = last_access_line("sni_a")).empty(); }, 5s);
+        CHECK_THAT(line, Catch::Contains(" end=completed"));
+    }
+    {  // wildcard: the sink answers the SHA-256 of everything, hello included
+        auto fd = px.connect("sni_wild", 10s);
+        const auto hello = client_hello("www.example.com", 0, 50);  // in 50-byte TLS records
+        REQUIRE(send_all(fd.get(), hello.data(), hello.size()));
+        shutdown(fd.get(), SHUT_WR);
+        digest got{};
+        REQUIRE(recv_exact(fd.get(), got.data(), got.size()) == 32);
+        sha256 want;
+        want.update(reinterpret_cast<const std::uint8_t*>(hello.data()), hello.size());
+        CHECK(hex(got) == hex(want.finish()));
+    }
+    // The default (a banner backend): no SNI, not TLS, over 16 KiB, and a client that says nothing (after the
+    // 1 s handshake timeout).
+    for (const auto& [what, first] : {std::pair{std::string("no SNI"), client_hello("")},
+                                      std::pair{std::string("not TLS"), std::string("SSH-2.0-OpenSSH_9.2\r\n")},
+                                      std::pair{std::string("too large"), client_hello("a.example.com", 17000)},
+                                      std::pair{std::string("silent"), std::string()}}) {
+        INFO(what);
+        auto fd = px.connect("sni_default", 10s);
+        const auto t0 = clock::now();
+        if (!first.empty()) REQUIRE(send_all(fd.get(), first.data(), first.size()));
+        std::string got(banner_text.size(), '\0');
+        REQUIRE(recv_exact(fd.get(), got.data(), got.size()) == static_cast<long>(got.size()));
+        CHECK(got == banner_text);
+        if (what == "silent") CHECK(seconds_since(t0) >= 0.9);
+        else CHECK(seconds_since(t0) < 0.9);
+    }
+    CHECK(run_until([&] { return px.metrics().sum("spliced_sni_unmatched_total", {{"listen", listen}}) - unmatched0 == 4; },
+                    5s));
 }
 
 TEST_CASE("after every case, no route has an active connection and no sockhash, peers or budget entry is left",
