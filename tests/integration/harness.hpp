@@ -103,6 +103,10 @@ void set_nonblocking(int fd, bool on);
 
 // Connects to host:port (IPv4 or IPv6 literal); throws std::runtime_error with the reason on failure.
 unique_fd connect_tcp(const std::string& host, std::uint16_t port, std::chrono::milliseconds io_timeout = 30s);
+// The same, calling prepare(fd) on the new socket before connect() (options that must be set before the
+// handshake or before the first byte can arrive: SO_RCVBUF, SO_OOBINLINE, ...).
+unique_fd connect_tcp(const std::string& host, std::uint16_t port, std::chrono::milliseconds io_timeout,
+                      const std::function<void(int)>& prepare);
 
 // Sends everything (MSG_NOSIGNAL); false on error or timeout, errno kept.
 bool send_all(int fd, const void* data, std::size_t len);
@@ -337,6 +341,9 @@ fd_census count_fds(pid_t pid);
 
 // Resident set size (VmRSS) in KiB, -1 if unreadable.
 long rss_kib(pid_t pid);
+
+// CPU seconds (user + system) a process has used so far (/proc/PID/stat utime + stime), -1 if unreadable.
+double process_cpu_seconds(pid_t pid);
 
 // The soft RLIMIT_NOFILE of a process (from /proc/PID/limits), -1 if unreadable.
 long fd_limit(pid_t pid);
