@@ -14,8 +14,8 @@
 //    end: a close() is not a half-close, bytes for a closed socket are answered with an RST, and the proxy
 //    passes that on. In a polite scenario (both sides only half-close and read to the end) nothing is lost and
 //    both sides must see the other's complete stream and EOF: an RST or a failed send() there is a violation,
-//    unless the idle timeout ended the connection (a reader stalled past it with bytes on their way: an RST is
-//    then the right end).
+//    unless the idle timeout ended the connection while a reader stalled past it (with bytes on their way an
+//    RST is then the right end).
 //  - A side still running at the scenario's cap is a hang (every plan ends by itself, the idle timeout ends
 //    what the sides leave open).
 //  - The backend gets the connection unless the client reset (README: a client that closes at once is still
@@ -26,6 +26,7 @@
 // read everything (an RST does not purge the receive queue; either order is fine for the prefix check).
 #include "oracle.hpp"
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -132,9 +133,14 @@ std::vector<std::string> judge(const scenario& s, const side_result& client, con
         return out;
     }
     const bool idle_closed = log && log->end == "idle_timeout";
-    // The idle timeout may end even a polite connection (a reader stalled past it): with an RST where bytes
-    // were still on their way, with FINs where none were.
-    const bool polite = s.polite() && !idle_closed;
+    // The idle timeout may end even a polite connection when a reader stalls past it: with an RST where bytes
+    // were still on their way, with FINs where none were. Without such a stall, a polite connection is idle only
+    // once both sides wait for the other's FIN, with nothing on its way: FINs, complete streams. (An idle end
+    // without that is the daemon's own stall, e.g. a stream stuck at an urgent byte.)
+    auto long_stall = [](const side_plan& p) {
+        return std::any_of(p.stalls.begin(), p.stalls.end(), [](const stall& st) { return st.len_ms > idle_timeout_ms; });
+    };
+    const bool polite = s.polite() && !(idle_closed && (long_stall(s.client) || long_stall(s.backend)));
     for (const side_result* side : {&client, &backend}) {
         const char* name = side == &client ? "client" : "backend";
         if (side->hit_cap && side->end != read_end::timeout)

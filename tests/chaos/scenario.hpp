@@ -80,7 +80,7 @@ struct side_plan {
     read_mode reads = read_mode::eager;
     std::uint32_t slow_chunk = 0, slow_every_ms = 0;
     std::vector<stall> stalls;
-    int rcvbuf = 0;  // SO_RCVBUF before the handshake (client) or right after accept (backend); 0: default
+    int rcvbuf = 0;  // SO_RCVBUF before the handshake (client: its socket; backend: its listener); 0: default
 
     // Bytes of the stream the steps write (the urgent byte included).
     std::uint64_t total() const;
