@@ -197,12 +197,18 @@ void set_nonblocking(int fd, bool on) {
 }
 
 unique_fd connect_tcp(const std::string& host, std::uint16_t port, std::chrono::milliseconds io_timeout) {
+    return connect_tcp(host, port, io_timeout, nullptr);
+}
+
+unique_fd connect_tcp(const std::string& host, std::uint16_t port, std::chrono::milliseconds io_timeout,
+                      const std::function<void(int)>& prepare) {
     sockaddr_storage ss;
     socklen_t len = make_addr(host, port, ss);
     if (!len) throw std::runtime_error("not an IP literal: " + host);
     unique_fd fd(socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (!fd) throw_errno("socket");
     set_io_timeout(fd.get(), io_timeout);
+    if (prepare) prepare(fd.get());
     int r;
     do r = connect(fd.get(), reinterpret_cast<sockaddr*>(&ss), len);
     while (r != 0 && errno == EINTR);
@@ -982,7 +988,7 @@ double cpu_seconds(pid_t pid) {
     std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     auto close = stat.rfind(')');  // the command name may hold spaces and parentheses
     if (close == std::string::npos) return -1;
-    std::istringstream fields(stat.substr(close + 2));
+    std::istringstream fields(stat.substr(close + 2));  // from field 3 (state) on
     std::string field;
     unsigned long long utime = 0, stime = 0;
     for (int i = 3; i <= 15 && fields >> field; ++i) {

@@ -103,6 +103,10 @@ void set_nonblocking(int fd, bool on);
 
 // Connects to host:port (IPv4 or IPv6 literal); throws std::runtime_error with the reason on failure.
 unique_fd connect_tcp(const std::string& host, std::uint16_t port, std::chrono::milliseconds io_timeout = 30s);
+// The same, calling prepare(fd) on the new socket before connect() (options that must be set before the
+// handshake or before the first byte can arrive: SO_RCVBUF, SO_OOBINLINE, ...).
+unique_fd connect_tcp(const std::string& host, std::uint16_t port, std::chrono::milliseconds io_timeout,
+                      const std::function<void(int)>& prepare);
 
 // Sends everything (MSG_NOSIGNAL); false on error or timeout, errno kept.
 bool send_all(int fd, const void* data, std::size_t len);
