@@ -95,8 +95,13 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
                 in_pipe += static_cast<std::size_t>(n);
                 woken = false;
             } else if (n == 0) {
-                eof = true;
-                p.mark_eof(from);
+                // Not always EOF: at an urgent mark with the FIN already queued behind it, splice reads
+                // nothing and reports 0 although bytes are left. recv() tells, and reads past the mark.
+                const auto r = co_await recv_past_mark(p, from, to, written);
+                if (r == recv_result::eof || r == recv_result::nothing) {
+                    eof = true;
+                    p.mark_eof(from);
+                }
             } else if (errno == EAGAIN) {
                 // EAGAIN with bytes in the pipe may only mean the pipe is full: flush first.
                 if (in_pipe == 0) {

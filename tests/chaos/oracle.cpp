@@ -5,17 +5,16 @@
 //  - EOF: recv() returns 0 on X only after a FIN on X's socket. The proxy may send that FIN only after the
 //    FIN of Y (a shutdown(SHUT_WR), or a close() with nothing unread; a close() with unread bytes and a
 //    SO_LINGER 0 close send an RST instead), and only after every byte Y sent before it. So EOF on X requires
-//    received == sent by Y, Y's FIN, and Y's FIN before X's EOF in time. The one other clean end is the idle
-//    timeout: the daemon then closes both sides of a connection nothing was received on for the timeout (its
-//    access log says end=idle_timeout), which needs no FIN but still no lost byte. (Y's sends are then over:
-//    a side is quiet that long only once its writes are done, pauses being shorter than the timeout; a side
-//    blocked by backpressure has bytes on their way, which the daemon must not drop under a FIN.)
+//    received == sent by Y, Y's FIN, and Y's FIN before X's EOF in time. The idle timeout is no exception: it
+//    cuts a connection that made no progress either way for the timeout (access log end=idle_timeout) with a
+//    reset on both sides (README), so it never produces an EOF of its own.
 //  - RST on X (ECONNRESET / EPIPE) is always allowed where some side resets or closes before reading to its
 //    end: a close() is not a half-close, bytes for a closed socket are answered with an RST, and the proxy
 //    passes that on. In a polite scenario (both sides only half-close and read to the end) nothing is lost and
 //    both sides must see the other's complete stream and EOF: an RST or a failed send() there is a violation,
-//    unless the idle timeout ended the connection while a reader stalled past it (with bytes on their way an
-//    RST is then the right end).
+//    unless the idle timeout ended the connection: when a reader stalled past it (with bytes on their way), or
+//    when both sides wait for a FIN that neither sends. In the latter case each side must have received the
+//    other's complete stream first: an idle end with bytes undelivered is the daemon's own stall.
 //  - A side still running at the scenario's cap is a hang (every plan ends by itself, the idle timeout ends
 //    what the sides leave open).
 //  - The backend gets the connection unless the client reset (README: a client that closes at once is still
@@ -90,15 +89,15 @@ void judge_direction(const direction& d, bool polite, bool idle_closed, std::vec
             const auto u = d.sender_plan.urgent_offset();
             violation("clean EOF after " + std::to_string(x.received) + " of the " + std::to_string(y.sent) +
                       " B the " + d.sender_name + " sent: a truncated stream passed off as complete" +
-                      (idle_closed ? " (the daemon logged end=idle_timeout)" : "") +
+                      (idle_closed ? " (the daemon logged end=idle_timeout, which must end with a reset)" : "") +
                       (u && *u >= x.received && *u < y.sent
                            ? "; the urgent byte at " + std::to_string(*u) + " was not delivered"
                            : ""));
-        } else if (!idle_closed && !y.fin) {
+        } else if (!y.fin) {
             violation(std::string("clean EOF although the ") + d.sender_name + " never sent a FIN (it " +
                       (y.reset ? "reset" : y.closed ? "closed with unread bytes" : "did not close") +
                       "): should have been a reset");
-        } else if (!idle_closed && x.end_at < y.fin_at) {
+        } else if (x.end_at < y.fin_at) {
             violation(std::string("clean EOF ") + std::to_string(ms_since(x.end_at, y.fin_at)) + " ms before the " +
                       d.sender_name + " sent its FIN");
         }
@@ -140,7 +139,16 @@ std::vector<std::string> judge(const scenario& s, const side_result& client, con
     auto long_stall = [](const side_plan& p) {
         return std::any_of(p.stalls.begin(), p.stalls.end(), [](const stall& st) { return st.len_ms > idle_timeout_ms; });
     };
-    const bool polite = s.polite() && !(idle_closed && (long_stall(s.client) || long_stall(s.backend)));
+    const bool stalled_past_idle = long_stall(s.client) || long_stall(s.backend);
+    const bool polite = s.polite() && !idle_closed;
+    if (s.polite() && idle_closed && !stalled_past_idle) {
+        // Both sides waited for a FIN neither sent: the cut is right only once every byte had arrived.
+        if (client.received != backend.sent || backend.received != client.sent)
+            out.push_back("idle timeout with bytes undelivered (client got " + std::to_string(client.received) +
+                          " of " + std::to_string(backend.sent) + " B, backend " + std::to_string(backend.received) +
+                          " of " + std::to_string(client.sent) + " B) in a scenario with no stall past it: the "
+                          "daemon stalled");
+    }
     for (const side_result* side : {&client, &backend}) {
         const char* name = side == &client ? "client" : "backend";
         if (side->hit_cap && side->end != read_end::timeout)
