@@ -49,7 +49,7 @@ sockaddr_storage to_sockaddr(const ip_endpoint& endpoint);
 std::optional<ip_endpoint> from_sockaddr(const sockaddr_storage& address);
 
 enum class proxy_command : std::uint8_t { local, proxy };
-// v1 UNKNOWN and v2 UNSPEC report unspec, v2 UNIX stream reports unix; v2 LOCAL always reports unspec.
+// v1 UNKNOWN and v2 UNSPEC report unspec, v2 UNIX stream reports unix_stream; v2 LOCAL always reports unspec.
 enum class proxy_family : std::uint8_t { unspec, tcp4, tcp6, unix_stream };
 
 // Registered v2 TLV types that spliced reads or writes.
