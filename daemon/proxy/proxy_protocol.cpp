@@ -17,6 +17,9 @@ constexpr std::array<std::uint8_t, 12> v2_signature{0x0D, 0x0A, 0x0D, 0x0A, 0x00
 constexpr std::string_view v1_signature = "PROXY ";
 constexpr std::size_t v2_fixed = 16;  // signature, version/command, family/transport, length
 
+// CRC32C (Castagnoli): reflected polynomial 0x1EDC6F41, initial and final XOR all ones.
+using crc32c_engine = boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true>;
+
 // Address block size of a v2 family/transport byte for the PROXY command; nullopt for undefined values.
 std::optional<std::size_t> v2_address_size(std::uint8_t family) {
     switch (family) {
@@ -143,7 +146,7 @@ std::optional<ip_endpoint> from_sockaddr(const sockaddr_storage& address) {
 }
 
 std::uint32_t crc32c(std::span<const std::uint8_t> bytes) {
-    boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+    crc32c_engine crc;
     crc.process_bytes(bytes.data(), bytes.size());
     return crc.checksum();
 }
@@ -352,8 +355,8 @@ proxy_header_parser::result proxy_header_parser::finish_v2() {
         const std::size_t length = read_u16(&buffer_[offset + 1]);
         const std::size_t value_at = offset + 3;
         if (length > v2_total_ - value_at) return refuse(proxy_protocol_error::malformed);
-        proxy_tlv tlv{type, std::vector<std::uint8_t>(buffer_.begin() + static_cast<std::ptrdiff_t>(value_at),
-                                                      buffer_.begin() + static_cast<std::ptrdiff_t>(value_at + length))};
+        const auto value = buffer_.begin() + static_cast<std::ptrdiff_t>(value_at);
+        proxy_tlv tlv{type, std::vector<std::uint8_t>(value, value + static_cast<std::ptrdiff_t>(length))};
         // The TLVs spliced interprets may appear once each: two different answers would be ambiguous.
         if (type == pp2_type_authority) {
             if (header_.authority) return refuse(proxy_protocol_error::malformed);
@@ -371,9 +374,10 @@ proxy_header_parser::result proxy_header_parser::finish_v2() {
 
     if (crc_at) {
         // Over the whole header with the checksum's own four bytes read as zeros.
-        const std::uint32_t sent = (std::uint32_t{buffer_[*crc_at]} << 24) | (std::uint32_t{buffer_[*crc_at + 1]} << 16) |
-                                   (std::uint32_t{buffer_[*crc_at + 2]} << 8) | std::uint32_t{buffer_[*crc_at + 3]};
-        boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;
+        const std::uint8_t* field = buffer_.data() + *crc_at;
+        const std::uint32_t sent = (std::uint32_t{field[0]} << 24) | (std::uint32_t{field[1]} << 16) |
+                                   (std::uint32_t{field[2]} << 8) | std::uint32_t{field[3]};
+        crc32c_engine crc;
         const std::uint8_t zeros[4] = {};
         crc.process_bytes(buffer_.data(), *crc_at);
         crc.process_bytes(zeros, sizeof zeros);

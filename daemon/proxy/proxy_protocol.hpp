@@ -49,7 +49,7 @@ sockaddr_storage to_sockaddr(const ip_endpoint& endpoint);
 std::optional<ip_endpoint> from_sockaddr(const sockaddr_storage& address);
 
 enum class proxy_command : std::uint8_t { local, proxy };
-// v1 UNKNOWN and v2 UNSPEC report unspec, v2 UNIX stream reports unix; v2 LOCAL always reports unspec.
+// v1 UNKNOWN and v2 UNSPEC report unspec, v2 UNIX stream reports unix_stream; v2 LOCAL always reports unspec.
 enum class proxy_family : std::uint8_t { unspec, tcp4, tcp6, unix_stream };
 
 // Registered v2 TLV types that spliced reads or writes.
@@ -89,7 +89,17 @@ inline constexpr std::size_t max_v2_header = 4096;
 // The CRC32C (Castagnoli, RFC 4960 appendix B) of some bytes.
 std::uint32_t crc32c(std::span<const std::uint8_t> bytes);
 
-// Incremental decoder of one PROXY v1 or v2 header, detected from the first byte.
+// Incremental decoder of one PROXY v1 or v2 header, detected from the first byte ('P' or 0x0D; anything else
+// is refused at once). Where the spec leaves room, it is strict:
+// - v1: exactly `PROXY TCP4|TCP6 src dst sport dport\r\n` with single spaces, addresses of the announced
+//   family by inet_pton rules, ports 0..65535 without sign or heading zero, 107 bytes at most with the CRLF;
+//   `PROXY UNKNOWN` then CRLF or a space and anything up to the CRLF (ignored). A bare CR or LF is refused.
+// - v2: version 2; command LOCAL or PROXY; family/transport one of 0x00 0x11 0x12 0x21 0x22 0x31 0x32 (any
+//   other is malformed, under LOCAL too); under PROXY the datagram ones (0x12 0x22 0x32) are `unsupported`.
+//   LOCAL skips its `len` bytes unread. PROXY needs the whole address block of its family (12, 36, 216, or 0
+//   for UNSPEC) and reads TLVs in the rest, which they must fill exactly: a TLV running past the header, or
+//   1-2 trailing bytes, is malformed. CRC32C must be 4 bytes; AUTHORITY, CRC32C and UNIQUE_ID (at most 128
+//   bytes) may appear once each. The 4096-byte cap and a short address block are decided at the length field.
 class proxy_header_parser {
 public:
     struct result {
