@@ -4,6 +4,9 @@
 #include <openssl/ssl.h>
 
 #include <catch2/catch.hpp>
+#include <fstream>
+#include <iterator>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -506,4 +509,35 @@ TEST_CASE("reasons print for logs") {
     CHECK(to_string(client_hello_error::not_tls) == "not_tls");
     CHECK(to_string(client_hello_error::malformed) == "malformed");
     CHECK(to_string(client_hello_error::too_large) == "too_large");
+}
+
+TEST_CASE("ClientHellos captured from openssl s_client, curl and Python's ssl read right, whole and byte at a time") {
+    // Captured on loopback by a listener that kept the first record (tests/unit/data/hello-*.bin).
+    struct capture {
+        const char* file;
+        const char* name;
+        const char* alpn;
+    };
+    for (const auto& c : {capture{"hello-openssl-s_client.bin", "openssl.example.com", "h2"},
+                          capture{"hello-curl.bin", "curl.example.com", nullptr},
+                          capture{"hello-python-ssl.bin", "python.example.com", "http/1.1"}}) {
+        INFO(c.file);
+        std::ifstream in(std::string(SPLICED_TEST_DATA_DIR) + "/" + c.file, std::ios::binary);
+        REQUIRE(in);
+        const std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+        REQUIRE(bytes.size() > 100);
+        spliced::proxy::client_hello_parser whole;
+        REQUIRE(whole.feed(bytes).status == spliced::proxy::parse_status::done);
+        CHECK(whole.hello().server_name == std::optional<std::string>(c.name));
+        if (c.alpn) {
+            REQUIRE_FALSE(whole.hello().alpn.empty());
+            CHECK(whole.hello().alpn.front() == c.alpn);
+        }
+        spliced::proxy::client_hello_parser bytewise;
+        spliced::proxy::parse_status last = spliced::proxy::parse_status::need_more;
+        for (std::size_t i = 0; i < bytes.size() && last == spliced::proxy::parse_status::need_more; ++i)
+            last = bytewise.feed(std::span<const std::uint8_t>(&bytes[i], 1)).status;
+        CHECK(last == spliced::proxy::parse_status::done);
+        CHECK(bytewise.hello().server_name == whole.hello().server_name);
+    }
 }
