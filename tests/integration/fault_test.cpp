@@ -1865,7 +1865,7 @@ TEST_CASE("scrapes that keep coming while the daemon stops read nothing freed (A
     CHECK(scrapes > 0);
 }
 
-TEST_CASE("SIGHUPs sent every 2 ms from the daemon's start do not end it", "[faults][hostile][signals]") {
+TEST_CASE("SIGHUPs sent every 0.2 ms from the daemon's start do not end it", "[faults][hostile][signals]") {
     ANNOUNCE_DATAPATH();
     backend_server echo(backend_kind::echo);
     int sent = 0;
@@ -1883,7 +1883,9 @@ TEST_CASE("SIGHUPs sent every 2 ms from the daemon's start do not end it", "[fau
     std::this_thread::sleep_for(200ms);
     INFO(sent << " SIGHUPs during startup; spliced " << d.process->exit_description());
     REQUIRE(d.process->running());
-    CHECK(sent > 0);
+    // The BPF probe keeps a sockmap or auto daemon starting for tens of ms after its first log line: there, some
+    // SIGHUPs must have landed in that window. On splice and copy it may be shorter than one try.
+    if (uses_maps()) CHECK(sent > 0);
     auto fd = d.connect("echo", 10s);
     CHECK(echo_check(fd.get(), payload(0x4b), 64 * KiB, clock::now() + 10s, true) == "");
     require_clean_stop(d);

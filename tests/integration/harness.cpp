@@ -671,7 +671,8 @@ daemon_process::daemon_process(const std::string& binary, const std::string& con
         }
         if (options.while_starting) options.while_starting(pid_);
         pollfd p{notify, POLLIN, 0};
-        if (poll(&p, 1, options.while_starting ? 2 : 100) == 1) {
+        if (options.while_starting) std::this_thread::sleep_for(std::chrono::microseconds(200));
+        if (poll(&p, 1, options.while_starting ? 0 : 100) == 1) {
             read_notifications();
             if (std::find(notified_.begin(), notified_.end(), "READY=1") != notified_.end()) return;
         }

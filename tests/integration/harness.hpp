@@ -243,7 +243,7 @@ void echo_connection(int fd, std::atomic<std::uint64_t>* counter = nullptr);
 struct process_options {
     unsigned long nofile = 0;      // RLIMIT_NOFILE (soft and hard); 0: the test process's own
     std::vector<std::string> env;  // "NAME=value", replacing the test process's NAME
-    // Called every 2 ms while the daemon starts (until READY=1), with its pid: e.g. to signal it early.
+    // Called every 0.2 ms while the daemon starts (until READY=1), with its pid: e.g. to signal it early.
     std::function<void(pid_t)> while_starting = {};
 };
 
