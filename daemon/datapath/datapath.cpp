@@ -137,20 +137,10 @@ net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::
     co_await ((std::move(forward) && std::move(backward)) || idle_watchdog(p) || std::move(beside));
 }
 
-namespace {
-
-// poll(2) events of `fd` right now. Unlike SO_ERROR or a read, this leaves a pending error in place.
-short ready_events(int fd) {
-    pollfd p{fd, 0, 0};
-    return ::poll(&p, 1, 0) == 1 ? p.revents : 0;
-}
-
-}  // namespace
-
 net::awaitable<bool> wait_writable(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
     namespace ex = net::asio::experimental;
     // Asio's epoll is edge-triggered: an error that arrived before this wait would never wake it. Look first.
-    short events = ready_events(from.native_handle());
+    short events = sys::poll_events(from.native_handle());
     if (events & POLLERR) {
         p.abort(p.reset_reason(from));
         co_return false;
@@ -167,7 +157,7 @@ net::awaitable<bool> wait_writable(pair_state& p, net::tcp::socket& from, net::t
             co_return !to_ec;
         }
         // wait_error ends on an error, a hang-up or urgent data; only an error ends the pair.
-        if (from_ec || (ready_events(from.native_handle()) & POLLERR)) {
+        if (from_ec || (sys::poll_events(from.native_handle()) & POLLERR)) {
             p.abort(p.reset_reason(from));
             co_return false;
         }

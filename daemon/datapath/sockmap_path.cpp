@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <memory>
 #include <optional>
+#include <poll.h>
 #include <sys/socket.h>
 
 namespace spliced::datapath {
@@ -56,8 +57,10 @@ void check_egress(sockmap_run& run, net::tcp::socket& from, net::tcp::socket& to
 // Waits until `to` has queued (taken into its send queue) at least `target()` bytes in total,
 // re-reading the target every round. Redirected bytes sit in `to`'s psock backlog until a
 // kworker sends them; no syscall reports that backlog, so byte counters tell when it is empty.
+// `from` (the sender of those bytes) is watched meanwhile: its reset ends the pair now, not once `to` has
+// taken everything (a slow reader can take tens of seconds), and never as a clean end.
 template <typename Target>
-net::awaitable<bool> wait_queued(pair_state& p, net::tcp::socket& to, Target target) {
+net::awaitable<bool> wait_queued(pair_state& p, net::tcp::socket& from, net::tcp::socket& to, Target target) {
     using namespace std::chrono_literals;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
     // A slow reader keeps `to`'s send queue full and is bounded by the idle watchdog. No
@@ -68,6 +71,10 @@ net::awaitable<bool> wait_queued(pair_state& p, net::tcp::socket& to, Target tar
     auto last_progress = std::chrono::steady_clock::now();
     for (;;) {
         if (p.aborted) co_return false;
+        if (sys::poll_events(from.native_handle()) & POLLERR) {
+            p.abort(p.reset_reason(from));
+            co_return false;
+        }
         sys::tcp_stats dst;
         int unsent = 0;
         const std::optional<std::uint64_t> want = target();
@@ -102,7 +109,7 @@ net::awaitable<bool> wait_queued(pair_state& p, net::tcp::socket& to, Target tar
 // Before `from`'s EOF reaches `to`: `to` has taken every byte `from` received. Bytes userspace
 // copied (before insertion, after a demotion) are in both totals and cancel out.
 net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {
-    return wait_queued(p, to, [&p, &from, &to]() -> std::optional<std::uint64_t> {
+    return wait_queued(p, from, to, [&p, &from, &to]() -> std::optional<std::uint64_t> {
         sys::tcp_stats src;
         if (sys::tcp_stats_of(from.native_handle(), src)) return std::nullopt;
         return p.queued_base(to) + p.payload_received(from, src.bytes_received);
@@ -114,7 +121,7 @@ net::awaitable<bool> wait_taken(pair_state& p, net::tcp::socket& from, net::tcp:
 // passed the one userspace is about to read only after all the redirected ones).
 net::awaitable<bool> wait_redirected_taken(sockmap_run& run, net::tcp::socket& from, net::tcp::socket& to) {
     auto& d = run.of(from);
-    return wait_queued(run.p, to, [&run, &d]() -> std::optional<std::uint64_t> {
+    return wait_queued(run.p, from, to, [&run, &d]() -> std::optional<std::uint64_t> {
         std::uint64_t redirected = 0;
         if (run.engine.redirected(d.from_cookie, redirected)) return std::nullopt;
         return d.to_inserted_total + redirected;

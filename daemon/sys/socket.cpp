@@ -5,6 +5,7 @@
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
@@ -78,6 +79,11 @@ std::error_code receive_queue_bytes(int fd, int& out) {
 std::error_code shutdown_write(int fd) {
     if (::shutdown(fd, SHUT_WR) != 0) return last_error();
     return {};
+}
+
+short poll_events(int fd) {
+    pollfd p{fd, 0, 0};
+    return ::poll(&p, 1, 0) == 1 ? p.revents : 0;
 }
 
 std::error_code set_oob_inline(int fd) {

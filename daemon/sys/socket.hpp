@@ -34,6 +34,8 @@ std::error_code send_queue_bytes(int fd, int& out);
 // Bytes waiting in the receive queue (SIOCINQ). Never on a socket that is in the SOCKHASH.
 std::error_code receive_queue_bytes(int fd, int& out);
 std::error_code shutdown_write(int fd);
+// poll(2) events of `fd` right now (0 on failure). Unlike SO_ERROR or a read, this leaves a pending error in place.
+short poll_events(int fd);
 // SO_OOBINLINE: urgent data stays in the stream, read in order like any other byte.
 std::error_code set_oob_inline(int fd);
 
