@@ -88,11 +88,11 @@ struct pair_state {
     bool promoting = false;
     std::uint64_t written_to_client = 0;     // bytes from the upstream
     std::uint64_t written_to_upstream = 0;   // bytes from the client
-    // Bytes userspace read from the client and did not forward (an accepted PROXY header), and bytes it
-    // wrote to the upstream that the client never sent (the PROXY header spliced sends): the sockmap
-    // FIN drain and the access log count the client's stream without them.
+    // Bytes userspace read from the client and did not forward (an accepted PROXY header): the sockmap
+    // FIN drain and the access log count the client's stream without them. (Bytes it wrote to the
+    // upstream itself, the PROXY header it sends, need no count: they are in the upstream's queued
+    // total at insertion, which the baseline starts from.)
     std::uint64_t consumed_from_client = 0;
-    std::uint64_t injected_to_upstream = 0;
 
     // Ends the pair early: records why and cancels every pending operation on both sockets.
     void abort(end_reason why);

@@ -105,7 +105,6 @@ net::awaitable<bool> send_pending(pair_state& p, std::span<const std::uint8_t> p
         co_await write_all(p, p.client, p.upstream, reinterpret_cast<const char*>(bytes.data()), bytes.size());
     };
     const bool ended = co_await with_idle_watchdog(p, write(p, pending));
-    if (ended && !p.aborted) p.injected_to_upstream += pending.size();
     co_return ended && !p.aborted;
 }
 

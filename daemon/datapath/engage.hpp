@@ -26,7 +26,7 @@ struct plan {
 // counted), runs it and removes it from the maps; on splice, takes pipes (or runs on copy when none
 // can be made); with promotion, moves a quiet pair to sockmap. Counts the hand-off, promotions,
 // fallbacks and demotions in `m`; records every path used in p.paths. `pending` goes to the upstream
-// before any byte of the client (a PROXY header to send), counted in p.injected_to_upstream.
+// before any byte of the client (a PROXY header to send).
 net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engine, const metrics::route_metrics& m,
                             std::uint64_t id, std::string_view route, std::span<const std::uint8_t> pending = {});
 

@@ -71,29 +71,29 @@ net::awaitable<void> read_proxy_header(net::tcp::socket& client, net::asio::stea
     proxy_header_parser parser;
     std::vector<std::uint8_t> buf;
     std::size_t have = 0;
+    auto refuse = [&out](proxy_protocol_error reason, bool sent_unread) {
+        out.result = preamble::outcome::proxy_error;
+        out.proxy_reason = reason;
+        out.sent_unread = sent_unread;
+    };
     for (;;) {
         const auto seen = co_await peek_more(client, buf, have, max_v2_header, deadline);
         if (seen != peeked::more) {
-            out.result = preamble::outcome::proxy_error;
-            out.proxy_reason = seen == peeked::timeout ? proxy_protocol_error::timeout
-                               : seen == peeked::stuck ? proxy_protocol_error::malformed
-                                                       : proxy_protocol_error::closed;
-            out.sent_unread = have > 0 || seen == peeked::timeout;
+            refuse(seen == peeked::timeout ? proxy_protocol_error::timeout
+                   : seen == peeked::stuck ? proxy_protocol_error::malformed
+                                           : proxy_protocol_error::closed,
+                   have > 0 || seen == peeked::timeout);
             co_return;
         }
         const auto r = parser.feed(std::span<const std::uint8_t>(buf).subspan(have));
         have = buf.size();
         if (r.status == parse_status::invalid) {
-            out.result = preamble::outcome::proxy_error;
-            out.proxy_reason = r.reason;
-            out.sent_unread = true;
+            refuse(r.reason, true);
             co_return;
         }
         if (r.status == parse_status::done) break;
         if (have >= max_v2_header) {  // the parser decides too_large first; belt and braces
-            out.result = preamble::outcome::proxy_error;
-            out.proxy_reason = proxy_protocol_error::too_large;
-            out.sent_unread = true;
+            refuse(proxy_protocol_error::too_large, true);
             co_return;
         }
     }
@@ -105,40 +105,27 @@ net::awaitable<void> read_proxy_header(net::tcp::socket& client, net::asio::stea
     out.proxy = parser.header();
 }
 
+// Sets out.server_name when a complete ClientHello names one; anything else (not TLS, malformed, cut
+// short, too large, too slow) leaves it unset, for the default route. A client gone before sending
+// anything ends the preamble as closed.
 net::awaitable<void> peek_client_hello(net::tcp::socket& client, net::asio::steady_timer& deadline, preamble& out) {
     client_hello_parser parser;
     std::vector<std::uint8_t> buf;
     std::size_t have = 0;
     for (;;) {
         const auto seen = co_await peek_more(client, buf, have, max_hello_bytes, deadline);
-        if (seen == peeked::timeout) {
-            out.hello_timeout = true;
-            co_return;
-        }
         if (seen == peeked::error || (seen == peeked::eof && have == 0)) {
             out.result = preamble::outcome::closed;
             co_return;
         }
-        if (seen == peeked::eof || seen == peeked::stuck) {
-            out.hello_error = client_hello_error::malformed;  // cut short: whatever came goes to the default route
-            co_return;
-        }
+        if (seen != peeked::more) co_return;  // timeout, cut short or stuck at an urgent mark
         const auto r = parser.feed(std::span<const std::uint8_t>(buf).subspan(have));
         have = buf.size();
         if (r.status == parse_status::done) {
-            out.hello_read = true;
             out.server_name = parser.hello().server_name;
-            out.alpn = parser.hello().alpn;
             co_return;
         }
-        if (r.status == parse_status::invalid) {
-            out.hello_error = r.reason;
-            co_return;
-        }
-        if (have >= max_hello_bytes) {
-            out.hello_error = client_hello_error::too_large;
-            co_return;
-        }
+        if (r.status == parse_status::invalid || have >= max_hello_bytes) co_return;
     }
 }
 

@@ -20,12 +20,9 @@ struct preamble {
     std::optional<proxy_header> proxy;        // the accepted PROXY header
     std::size_t consumed = 0;                 // bytes taken off the client's stream (the PROXY header)
     bool sent_unread = false;                 // the client sent bytes that will not be forwarded
-    // The ClientHello, on a listener that routes by SNI: read, or why not.
-    bool hello_read = false;
-    std::optional<client_hello_error> hello_error;
-    bool hello_timeout = false;
+    // On a listener that routes by SNI: the ClientHello's server name. Unset when it has none, or when no
+    // ClientHello was read (not TLS, malformed, too large, too slow): the default route's connections.
     std::optional<std::string> server_name;
-    std::vector<std::string> alpn;
 };
 
 // Reads the preamble `listener` asks for within its handshake timeout: an accepted PROXY header is

@@ -198,8 +198,8 @@ net::awaitable<void> session::run() {
         if (accepted && accepted->has_addresses() && env_.access_log) client_text_ = to_string(*accepted->source);
         if (listener_->reads_client_hello()) {
             route_ = listener_->route_for(server_name);
-            const bool matched = server_name && listener_->sni.match(*server_name);
-            if (!matched) listener_->metrics.unmatched();
+            // The default route has no match.sni, so only a name match leads elsewhere.
+            if (!route_ || route_ == listener_->fallback) listener_->metrics.unmatched();
             if (!route_) {
                 refuse("no_route", true);
                 co_return;
