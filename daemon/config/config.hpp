@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdint>
 #include <netinet/in.h>
+#include <optional>
 #include <string>
 #include <sys/socket.h>
 #include <vector>
@@ -25,7 +26,31 @@ struct address {
 };
 
 struct backend {
-    address addr;
+    address addr;        // a hostname entry becomes one backend per resolved address, in a stable order
+    unsigned weight = 1;  // 0..256; 0 takes no new connections (drain)
+    std::uint32_t max_connections = 0;  // open connections at once; 0 = no limit
+};
+
+enum class balance_kind { round_robin, least_conn, random, source_hash };
+// "round_robin", "least_conn", "random", "source_hash".
+const char* to_string(balance_kind k);
+
+// Active health checks of a route's backends.
+struct health_check {
+    std::chrono::milliseconds interval{5000};
+    std::chrono::milliseconds timeout{1000};
+    unsigned rise = 2;
+    unsigned fall = 3;
+    std::string send;    // written once connected (may be empty)
+    std::string expect;  // the reply must start with these bytes (empty: connecting is enough)
+    std::uint16_t port = 0;  // 0: each backend's own port
+};
+
+// Passive health: `failures` consecutive failed connects from real traffic mark a backend down,
+// until an active check passes or, without active checks, for `eject`.
+struct passive_health {
+    unsigned failures = 3;
+    std::chrono::milliseconds eject{30 * 1000};
 };
 
 // An IPv4 or IPv6 network, as parsed from "10.0.0.0/8" or "2001:db8::/32" (a bare address is /32 or /128).
@@ -42,6 +67,7 @@ struct route_timeouts {
     std::chrono::milliseconds connect{2000};
     std::chrono::milliseconds idle{3600 * 1000};
     std::chrono::milliseconds handshake{5000};  // the preamble (PROXY header, ClientHello) must arrive within it
+    std::chrono::milliseconds queue{5000};      // longest wait for a backend slot when all are full
 };
 
 enum class proxy_protocol_version { off, v1, v2 };
@@ -59,6 +85,10 @@ struct route {
     bool accept_proxy_protocol = false;  // every client starts with a PROXY v1 or v2 header
     std::vector<cidr> trusted_proxies;   // with accept_proxy_protocol: only these sources (empty: any)
     proxy_protocol_version send_proxy_protocol = proxy_protocol_version::off;
+    balance_kind balance = balance_kind::round_robin;
+    std::uint32_t max_connections = 0;          // open client connections at once; 0 = no limit
+    std::optional<config::health_check> health_check;
+    std::optional<passive_health> passive;
     std::vector<backend> backends;
 };
 

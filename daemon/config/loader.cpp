@@ -30,6 +30,16 @@ const char* to_string(datapath_kind k) {
     return "?";
 }
 
+const char* to_string(balance_kind k) {
+    switch (k) {
+    case balance_kind::round_robin: return "round_robin";
+    case balance_kind::least_conn: return "least_conn";
+    case balance_kind::random: return "random";
+    case balance_kind::source_hash: return "source_hash";
+    }
+    return "?";
+}
+
 const char* to_string(proxy_protocol_version v) {
     switch (v) {
     case proxy_protocol_version::off: return "off";
