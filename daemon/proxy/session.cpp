@@ -49,8 +49,7 @@ std::string endpoint_text(const net::tcp::socket& s, bool remote) {
 // Tries each backend once, starting where the balancer says; counts every failure.
 net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route, std::uint64_t id,
                                                             std::size_t& chosen) {
-    std::size_t index = route.balancer.first();
-    for (std::size_t tries = 0; tries < route.balancer.size(); ++tries, index = route.balancer.after(index)) {
+    for (std::size_t index = 0; index < route.cfg.backends.size(); ++index) {
         const auto& backend = route.cfg.backends[index];
         auto outcome = co_await net::connect_upstream(backend.addr, route.cfg.timeouts.connect);
         if (outcome.socket) {

@@ -25,11 +25,10 @@ namespace spliced::proxy {
 // A route as the sessions see it: its config, the data path planned at startup, its metrics.
 struct route_runtime {
     route_runtime(config::route c, datapath::plan p, metrics::route_metrics m)
-        : cfg(std::move(c)), plan(p), metrics(std::move(m)), balancer(cfg.backends.size()) {}
+        : cfg(std::move(c)), plan(p), metrics(std::move(m)) {}
     config::route cfg;
     datapath::plan plan;
     metrics::route_metrics metrics;
-    round_robin balancer;
 };
 
 // The sessions of one worker thread that are still open, so that a drain timeout can end them.

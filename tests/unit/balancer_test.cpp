@@ -4,23 +4,7 @@
 
 #include <catch2/catch.hpp>
 
-using spliced::proxy::round_robin;
 
-TEST_CASE("round robin starts each connection one backend further and wraps around") {
-    round_robin rr(3);
-    CHECK(rr.first() == 0);
-    CHECK(rr.first() == 1);
-    CHECK(rr.first() == 2);
-    CHECK(rr.first() == 0);
-}
-
-TEST_CASE("after a failure the next backend is tried, wrapping at the end of the list") {
-    round_robin rr(3);
-    CHECK(rr.after(0) == 1);
-    CHECK(rr.after(2) == 0);
-    round_robin single(1);
-    CHECK(single.after(0) == 0);
-}
 
 TEST_CASE("the sockmap kernel floor is 6.16, or 6.12.34 on the 6.12 series") {
     using spliced::datapath::kernel_meets_floor;
