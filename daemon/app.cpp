@@ -6,6 +6,7 @@
 #include "log/log.hpp"
 #include "metrics/metrics.hpp"
 #include "net/listener.hpp"
+#include "proxy/health.hpp"
 #include "proxy/route_table.hpp"
 #include "proxy/session.hpp"
 #include "sys/notify.hpp"
@@ -163,7 +164,11 @@ void app::impl::choose_datapaths() {
         } else {
             spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);
         }
-        routes.push_back(std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, metrics.add_route(r)));
+        std::vector<std::shared_ptr<proxy::backend_state>> states;
+        for (std::size_t i = 0; i < r.backends.size(); ++i) states.push_back(std::make_shared<proxy::backend_state>());
+        routes.push_back(
+            std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, metrics.add_route(r), std::move(states)));
+        if (r.health_check) proxy::start_health_checks(main_io, routes.back()->pool, *r.health_check);
     }
     auto* e = engine.get();
     metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
@@ -196,9 +201,13 @@ void app::impl::start_workers() {
     for (auto& w : workers) {
         proxy::session_env env{engine.get(), access_log.get(), &active, &w->live};
         for (auto& [acceptor, group] : w->listeners) {
-            auto on_accept = [this, env, group = group, &io = w->io](net::tcp::socket s) {
+            // A listen address with one route applies its max_connections at accept; one shared by
+            // several routes, once the session knows its route.
+            net::admit_gate* gate = group->routes.size() == 1 ? group->routes.front()->admission.get() : nullptr;
+            auto on_accept = [this, env, group = group, &io = w->io, admitted = gate != nullptr](net::tcp::socket s) {
                 auto id = next_id.fetch_add(1, std::memory_order_relaxed);
-                net::asio::co_spawn(io, proxy::run_session(group, env, std::move(s), id), [id](std::exception_ptr e) {
+                net::asio::co_spawn(io, proxy::run_session(group, env, std::move(s), id, admitted),
+                                    [id](std::exception_ptr e) {
                     if (!e) return;
                     try {
                         std::rethrow_exception(e);
@@ -207,7 +216,7 @@ void app::impl::start_workers() {
                     }
                 });
             };
-            net::asio::co_spawn(w->io, net::accept_loop(acceptor, on_accept), net::asio::detached);
+            net::asio::co_spawn(w->io, net::accept_loop(acceptor, gate, on_accept), net::asio::detached);
         }
         w->thread = std::thread([io = &w->io] {
             auto guard = net::asio::make_work_guard(*io);

@@ -4,6 +4,7 @@
 #include "datapath/probe.hpp"
 #include "datapath/splice_pump.hpp"
 #include "log/log.hpp"
+#include "net/resolve.hpp"
 
 #include <csignal>
 #include <cstdio>
@@ -74,7 +75,7 @@ int main(int argc, char** argv) {
     }
     spliced::config::config cfg;
     try {
-        cfg = spliced::config::load_file(config_path);
+        cfg = spliced::config::load_file(config_path, spliced::net::resolve_host);
     } catch (const spliced::config::config_error& e) {
         std::fprintf(stderr, "%s\n", e.what());
         return 1;

@@ -205,7 +205,7 @@ const char* kind_of(const YAML::Node& n) {
 // Walks the YAML tree; every error carries the position of the node it is about.
 class reader {
 public:
-    explicit reader(std::string source) : source_(std::move(source)) {}
+    reader(std::string source, const resolver& resolve) : source_(std::move(source)), resolve_(resolve) {}
 
     [[noreturn]] void fail(const YAML::Node& at, const std::string& message) const {
         auto m = at.Mark();
@@ -388,12 +388,76 @@ private:
         return static_cast<std::uint32_t>(std::stoul(v));
     }
 
-    void balance(const field& f) const {
+    balance_kind balance(const field& f) const {
         auto b = scalar(f);
-        if (b == "round_robin") return;
-        if (b == "least_conn" || b == "random" || b == "source_hash")
-            fail(f.value, "balance '" + b + "' is not supported yet (only round_robin)");
+        for (auto k : {balance_kind::round_robin, balance_kind::least_conn, balance_kind::random,
+                       balance_kind::source_hash})
+            if (b == to_string(k)) return k;
         fail(f.value, "unknown balance '" + b + "' (expected round_robin, least_conn, random or source_hash)");
+    }
+
+    // A whole number from `least` to `most`.
+    std::uint32_t count(const field& f, std::uint32_t least, std::uint32_t most, const std::string& unit) const {
+        auto v = scalar(f);
+        if (v.empty() || v.size() > 10 || v.find_first_not_of("0123456789") != std::string::npos ||
+            std::stoull(v) < least || std::stoull(v) > most)
+            fail(f.value, f.what + " must be a whole number" + (unit.empty() ? "" : " of " + unit) + " from " +
+                              std::to_string(least) + " to " + std::to_string(most) + " (got '" + v + "')");
+        return static_cast<std::uint32_t>(std::stoull(v));
+    }
+
+    spliced::config::health_check health(const field& f) const {
+        mapping h(*this, map_value(f), "health_check", {"interval", "timeout", "rise", "fall", "send", "expect", "port"});
+        spliced::config::health_check c;
+        if (auto hf = h.get("interval")) c.interval = duration(*hf, false);
+        if (auto hf = h.get("timeout")) c.timeout = duration(*hf, false);
+        if (auto hf = h.get("rise")) c.rise = count(*hf, 1, 100, "");
+        if (auto hf = h.get("fall")) c.fall = count(*hf, 1, 100, "");
+        if (auto hf = h.get("send")) c.send = scalar(*hf);
+        if (auto hf = h.get("expect")) {
+            c.expect = scalar(*hf);
+            if (c.expect.size() > 1024) fail(hf->value, "health_check.expect is longer than 1024 bytes");
+        }
+        if (auto hf = h.get("port")) c.port = static_cast<std::uint16_t>(count(*hf, 1, 65535, ""));
+        if (c.timeout > c.interval)
+            fail(f.key, "health_check.timeout (" + std::to_string(c.timeout.count()) +
+                            " ms) must not be longer than its interval (" + std::to_string(c.interval.count()) + " ms)");
+        return c;
+    }
+
+    // A backend's address: an IP literal, or hostname:port resolved to every address it has (in a stable
+    // order: IPv4 before IPv6, then by address), each a backend of its own.
+    std::vector<address> backend_addresses(const YAML::Node& n) const {
+        auto text = scalar(n, "backend address");
+        auto parsed = parse_address_or_reason(text);
+        if (auto* a = std::get_if<address>(&parsed)) return {std::move(*a)};
+        auto colon = text.rfind(':');
+        const std::string host = colon == std::string::npos ? text : text.substr(0, colon);
+        const bool hostname = !host.empty() && host.front() != '[' &&
+                              host.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-") ==
+                                  std::string::npos &&
+                              host.find_first_not_of("0123456789.") != std::string::npos;
+        if (!hostname || colon == std::string::npos)
+            fail(n, "backend address: bad address '" + text + "': " + std::get<std::string>(parsed) +
+                        "; expected IP:port, [IPv6]:port or hostname:port");
+        // The port is checked like an IP literal's.
+        auto port_check = parse_address_or_reason("0.0.0.0" + text.substr(colon));
+        if (auto* why = std::get_if<std::string>(&port_check))
+            fail(n, "backend address: bad address '" + text + "': " + *why);
+        const auto port = static_cast<std::uint16_t>(std::stoul(text.substr(colon + 1)));
+        if (!resolve_) fail(n, "backend address '" + text + "': hostnames are not resolved here");
+        auto resolved = resolve_(host, port);
+        if (auto* why = std::get_if<std::string>(&resolved))
+            fail(n, "backend address '" + text + "': cannot resolve '" + host + "': " + *why);
+        auto list = std::get<std::vector<address>>(std::move(resolved));
+        if (list.empty()) fail(n, "backend address '" + text + "': '" + host + "' has no IPv4 or IPv6 address");
+        std::sort(list.begin(), list.end(), [](const address& a, const address& b) {
+            if (a.family() != b.family()) return a.family() == AF_INET;
+            return std::memcmp(&a.storage, &b.storage, sizeof(a.storage)) < 0;
+        });
+        list.erase(std::unique(list.begin(), list.end(), [](const address& a, const address& b) { return a.text == b.text; }),
+                   list.end());
+        return list;
     }
 
     // Adds a listen address, refusing one that metrics or the same route already uses; routes that share
@@ -462,8 +526,8 @@ private:
     route read_route(const YAML::Node& n, datapath_kind default_path) {
         mapping m(*this, n, "route",
                   {"name", "listen", "match", "datapath", "balance", "timeouts", "accept_proxy_protocol",
-                   "trusted_proxies", "send_proxy_protocol", "backends"},
-                  {"max_connections", "health_check", "passive"});
+                   "trusted_proxies", "send_proxy_protocol", "backends", "max_connections", "health_check",
+                   "passive"});
         route r;
         auto name = m.require("name");
         r.name = scalar(name);
@@ -487,13 +551,22 @@ private:
             r.datapath = datapath(*f);
             r.datapath_set = true;
         }
-        if (auto f = m.get("balance")) balance(*f);
+        if (auto f = m.get("balance")) r.balance = balance(*f);
+        if (auto f = m.get("max_connections")) r.max_connections = count(*f, 1, 10'000'000, "connections");
+        if (auto f = m.get("health_check")) r.health_check = health(*f);
+        if (auto f = m.get("passive")) {
+            mapping p(*this, map_value(*f), "passive", {"failures", "eject"});
+            passive_health ph;
+            if (auto pf = p.get("failures")) ph.failures = count(*pf, 1, 1000, "");
+            if (auto pf = p.get("eject")) ph.eject = duration(*pf, false);
+            r.passive = ph;
+        }
         if (auto f = m.get("timeouts")) {
             mapping t(*this, map_value(*f), "timeouts", {"connect", "idle", "handshake", "queue"});
             if (auto tf = t.get("connect")) r.timeouts.connect = duration(*tf, false);
             if (auto tf = t.get("idle")) r.timeouts.idle = duration(*tf, false);
             if (auto tf = t.get("handshake")) r.timeouts.handshake = duration(*tf, false);
-            if (auto tf = t.get("queue")) fail(tf->key, "'queue' is not supported yet");
+            if (auto tf = t.get("queue")) r.timeouts.queue = duration(*tf, true);
         }
         if (auto f = m.get("match")) {
             mapping mt(*this, map_value(*f), "match", {"sni"});
@@ -543,9 +616,23 @@ private:
         const YAML::Node& list = value(backends);
         if (!list.IsSequence()) fail(list, std::string("backends must be a list, not ") + kind_of(list));
         if (list.size() == 0) fail(list, "route '" + r.name + "' has an empty backend list");
+        std::map<std::string, YAML::Node> seen;  // backend address -> its entry
         for (std::size_t i = 0; i < list.size(); ++i) {
-            mapping b(*this, item(list, i, "backends"), "backend", {"address"}, {"weight"});
-            r.backends.push_back({addr(value(b.require("address")), "backend address")});
+            mapping b(*this, item(list, i, "backends"), "backend", {"address", "weight", "max_connections"});
+            auto where = b.require("address");
+            backend proto;
+            if (auto f = b.get("weight")) proto.weight = count(*f, 0, 256, "");
+            if (auto f = b.get("max_connections")) proto.max_connections = count(*f, 1, 10'000'000, "connections");
+            for (auto& a : backend_addresses(value(where))) {
+                if (auto [it, fresh] = seen.emplace(a.text, value(where)); !fresh) {
+                    auto m = it->second.Mark();
+                    fail(value(where), "route '" + r.name + "': backend " + a.text + " is listed twice (also at line " +
+                                           std::to_string(m.line + 1) + ")");
+                }
+                backend bk = proto;
+                bk.addr = std::move(a);
+                r.backends.push_back(std::move(bk));
+            }
         }
         return r;
     }
@@ -555,6 +642,7 @@ private:
         YAML::Node node;  // the listen entry, for messages
     };
     std::string source_;
+    const resolver& resolve_;
     std::set<std::string> names_;                  // route names seen so far
     std::map<std::string, std::string> listens_;  // metrics.listen -> "metrics.listen"
     std::map<std::string, std::vector<listen_user>> shared_;     // route listen address -> routes on it
@@ -596,7 +684,7 @@ private:
 
 }  // namespace
 
-config load_string(std::string_view yaml, const std::string& source) {
+config load_string(std::string_view yaml, const std::string& source, const resolver& resolve) {
     // Not YAML::LoadAll: yaml-cpp 0.7's LoadAll loops for ever, allocating, on some broken input
     // (a stray ',' after a scalar; found by the config fuzzer). One document is loaded, and the
     // parser is asked for at most two to tell a second document apart.
@@ -620,10 +708,10 @@ config load_string(std::string_view yaml, const std::string& source) {
     if (second_document)
         throw config_error(source, second_at.line + 1, second_at.column + 1,
                            "only one YAML document is allowed in a config file");
-    return reader(source).read(root);
+    return reader(source, resolve).read(root);
 }
 
-config load_file(const std::string& path) {
+config load_file(const std::string& path, const resolver& resolve) {
     auto cannot = [&](int err) {
         return config_error(path, 0, 0, std::string("cannot open config file: ") + std::strerror(err));
     };
@@ -653,7 +741,7 @@ config load_file(const std::string& path) {
         text.append(buf, static_cast<std::size_t>(n));
     }
     ::close(fd);
-    return load_string(text, path);
+    return load_string(text, path, resolve);
 }
 
 }  // namespace spliced::config

@@ -3,6 +3,8 @@
 
 #include "config/config.hpp"
 
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -27,11 +29,16 @@ private:
     std::string message_;
 };
 
-// Loads and validates a config file; throws config_error.
-config load_file(const std::string& path);
+// Turns a backend's hostname into its addresses (all of them, each with `port`), or says why it cannot.
+using resolver = std::function<std::variant<std::vector<address>, std::string>(const std::string& host,
+                                                                               std::uint16_t port)>;
+
+// Loads and validates a config file; throws config_error. Backend hostnames go through `resolve`;
+// without one they are refused.
+config load_file(const std::string& path, const resolver& resolve = {});
 
 // Same, from text; `source` names it in errors.
-config load_string(std::string_view yaml, const std::string& source);
+config load_string(std::string_view yaml, const std::string& source, const resolver& resolve = {});
 
 // "250ms", "2s", "5m", "1h", "1d" (also combined: "1m30s"); nullopt when malformed.
 std::optional<std::chrono::milliseconds> parse_duration(std::string_view text);

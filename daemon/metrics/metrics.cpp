@@ -51,6 +51,19 @@ void route_metrics::connect_failed(std::size_t backend, connect_error e) const {
     connect_errors.at(backend)[static_cast<std::size_t>(e)]->Increment();
 }
 
+void route_metrics::backend_state(std::size_t backend, bool up, std::uint64_t open) const {
+    backend_up.at(backend)->Set(up ? 1 : 0);
+    backend_active.at(backend)->Set(static_cast<double>(open));
+}
+
+void route_metrics::health_checked(std::size_t backend, bool passed) const {
+    health_checks.at(backend)[passed ? 1 : 0]->Increment();
+}
+
+void route_metrics::no_backend_up() const { no_backend_up_total->Increment(); }
+
+void route_metrics::queue_timeout() const { queue_timeouts->Increment(); }
+
 // Every spliced_* family, declared once.
 struct registry::families {
     prometheus::Family<prometheus::Counter>& connections_total;
@@ -62,6 +75,11 @@ struct registry::families {
     prometheus::Family<prometheus::Counter>& sockmap_demotions_total;
     prometheus::Family<prometheus::Counter>& proxy_protocol_errors_total;
     prometheus::Family<prometheus::Counter>& sni_unmatched_total;
+    prometheus::Family<prometheus::Gauge>& backend_up;
+    prometheus::Family<prometheus::Gauge>& backend_connections_active;
+    prometheus::Family<prometheus::Counter>& health_checks_total;
+    prometheus::Family<prometheus::Counter>& route_no_backend_up_total;
+    prometheus::Family<prometheus::Counter>& queue_timeouts_total;
 
     explicit families(prometheus::Registry& r)
         : connections_total(prometheus::BuildCounter()
@@ -102,7 +120,29 @@ struct registry::families {
                                   .Name("spliced_sni_unmatched_total")
                                   .Help("Connections to an SNI-routed address that no match.sni took (no TLS, no "
                                         "SNI, too large or no match): sent to the default route or closed")
-                                  .Register(r)) {}
+                                  .Register(r)),
+          backend_up(prometheus::BuildGauge()
+                         .Name("spliced_backend_up")
+                         .Help("1 when the backend is up (health checks, passive accounting), else 0")
+                         .Register(r)),
+          backend_connections_active(prometheus::BuildGauge()
+                                         .Name("spliced_backend_connections_active")
+                                         .Help("Open connections to the backend, whatever their data path")
+                                         .Register(r)),
+          health_checks_total(prometheus::BuildCounter()
+                                  .Name("spliced_health_checks_total")
+                                  .Help("Active health checks of the backend, by result")
+                                  .Register(r)),
+          route_no_backend_up_total(prometheus::BuildCounter()
+                                        .Name("spliced_route_no_backend_up_total")
+                                        .Help("Connections that found no backend of their route up (all were "
+                                              "tried anyway)")
+                                        .Register(r)),
+          queue_timeouts_total(prometheus::BuildCounter()
+                                   .Name("spliced_queue_timeouts_total")
+                                   .Help("Connections closed after waiting timeouts.queue for a backend slot (or "
+                                         "a route place on a shared listen address)")
+                                   .Register(r)) {}
 };
 
 // Counters whose value lives elsewhere (BPF maps) and is read when scraped.
@@ -162,7 +202,15 @@ route_metrics registry::add_route(const config::route& r) {
             per_reason[i] = &families_->upstream_connect_errors_total.Add(
                 {{"route", r.name}, {"backend", b.addr.text}, {"reason", to_string(static_cast<connect_error>(i))}});
         m.connect_errors.push_back(per_reason);
+        m.backend_up.push_back(&families_->backend_up.Add({{"route", r.name}, {"backend", b.addr.text}}));
+        m.backend_active.push_back(
+            &families_->backend_connections_active.Add({{"route", r.name}, {"backend", b.addr.text}}));
+        m.health_checks.push_back(
+            {&families_->health_checks_total.Add({{"route", r.name}, {"backend", b.addr.text}, {"result", "failure"}}),
+             &families_->health_checks_total.Add({{"route", r.name}, {"backend", b.addr.text}, {"result", "success"}})});
     }
+    m.no_backend_up_total = &families_->route_no_backend_up_total.Add({{"route", r.name}});
+    m.queue_timeouts = &families_->queue_timeouts_total.Add({{"route", r.name}});
     return m;
 }
 

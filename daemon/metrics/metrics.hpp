@@ -5,6 +5,7 @@
 #include "datapath/datapath.hpp"
 
 #include <array>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -45,6 +46,12 @@ struct route_metrics {
     std::array<prometheus::Counter*, proxy_error_count> proxy_errors{};
     // [backend index][connect_error]
     std::vector<std::array<prometheus::Counter*, connect_error_count>> connect_errors;
+    // By backend index (labels: the backend's address).
+    std::vector<prometheus::Gauge*> backend_up;
+    std::vector<prometheus::Gauge*> backend_active;
+    std::vector<std::array<prometheus::Counter*, 2>> health_checks;  // [failure, success]
+    prometheus::Counter* no_backend_up_total = nullptr;
+    prometheus::Counter* queue_timeouts = nullptr;
 
     void connection_opened() const;
     void connection_handed_off(datapath::kind k) const;
@@ -54,6 +61,10 @@ struct route_metrics {
     void sockmap_fallback(datapath::fallback_reason why) const;  // stayed off sockmap
     void connect_failed(std::size_t backend, connect_error e) const;
     void proxy_protocol_failed(std::size_t reason) const;  // a proxy::proxy_protocol_error
+    void backend_state(std::size_t backend, bool up, std::uint64_t active) const;
+    void health_checked(std::size_t backend, bool passed) const;
+    void no_backend_up() const;  // a connection found no backend up
+    void queue_timeout() const;  // a connection waited timeouts.queue for a backend slot in vain
 };
 
 class registry {

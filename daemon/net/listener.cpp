@@ -28,7 +28,7 @@ tcp::acceptor open_listener(asio::io_context& io, const config::address& addr) {
     return acceptor;
 }
 
-awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<void(tcp::socket)> on_accept) {
+awaitable<void> accept_loop(tcp::acceptor& acceptor, admit_gate* gate, std::function<void(tcp::socket)> on_accept) {
     using clock = std::chrono::steady_clock;
     asio::steady_timer pause(co_await asio::this_coro::executor);
     // Out of descriptors, the pending connection stays in the listen queue (its client waits) and
@@ -44,7 +44,25 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<void(tcp::soc
             co_await pause.async_wait(use_tuple);
             continue;
         }
-        auto [ec, socket] = co_await acceptor.async_accept(use_tuple);
+        boost::system::error_code ec;
+        tcp::socket socket(acceptor.get_executor());
+        if (gate) {
+            // Admitted only once a client is there: a place taken while waiting in accept would be
+            // kept from the other workers' listeners.
+            std::tie(ec) = co_await acceptor.async_wait(tcp::acceptor::wait_read, use_tuple);
+            if (!ec && !gate->try_admit()) {
+                co_await gate->wait_for_room(clock::now() + std::chrono::seconds(1));
+                continue;
+            }
+            if (!ec) {
+                acceptor.non_blocking(true, ec);
+                if (!ec) acceptor.accept(socket, ec);
+                if (ec) gate->release();
+            }
+            if (ec == asio::error::would_block || ec == asio::error::try_again) continue;
+        } else {
+            std::tie(ec, socket) = co_await acceptor.async_accept(use_tuple);
+        }
         if (!ec) {
             on_accept(std::move(socket));
             continue;

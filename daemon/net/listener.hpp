@@ -4,6 +4,7 @@
 #include "config/config.hpp"
 #include "net/asio.hpp"
 
+#include <chrono>
 #include <functional>
 
 namespace spliced::net {
@@ -11,9 +12,23 @@ namespace spliced::net {
 // Binds and listens on `addr` with SO_REUSEPORT; throws std::runtime_error naming the address.
 tcp::acceptor open_listener(asio::io_context& io, const config::address& addr);
 
+// A limit on open connections that accepting waits for (a route's max_connections).
+class admit_gate {
+public:
+    virtual bool try_admit() = 0;
+    virtual void release() = 0;
+    // Returns once there may be room (or at `deadline`).
+    virtual awaitable<void> wait_for_room(std::chrono::steady_clock::time_point deadline) = 0;
+
+protected:
+    ~admit_gate() = default;
+};
+
 // Accepts until the acceptor is closed, handing each socket to `on_accept`. Running out of
 // descriptors pauses accepting for 100 ms instead of ending the loop; while accepted sessions wait
-// for a descriptor (sessions_awaiting_descriptor), it holds off in 10 ms steps.
-awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<void(tcp::socket)> on_accept);
+// for a descriptor (sessions_awaiting_descriptor), it holds off in 10 ms steps. With `gate`, a
+// connection is accepted only once the gate admits it (on_accept's session releases the place): past
+// the limit, clients wait in the listen queue.
+awaitable<void> accept_loop(tcp::acceptor& acceptor, admit_gate* gate, std::function<void(tcp::socket)> on_accept);
 
 }  // namespace spliced::net

@@ -8,6 +8,7 @@
 #include "sys/socket.hpp"
 
 #include <cstring>
+#include <random>
 #include <optional>
 
 namespace spliced::proxy {
@@ -46,21 +47,37 @@ std::string endpoint_text(const net::tcp::socket& s, bool remote) {
     return ec ? std::string("?") : fmt::format("{}", ep);
 }
 
-// Tries each backend once, starting where the balancer says; counts every failure.
+// Connects to a backend the pool gives (waiting in its queue when all are full), trying the next one on
+// failure; counts every failure. Sets `end` when none was reached for a reason of its own.
 net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route, std::uint64_t id,
-                                                            std::size_t& chosen) {
-    for (std::size_t index = 0; index < route.cfg.backends.size(); ++index) {
-        const auto& backend = route.cfg.backends[index];
+                                                            const client_key& client, backend_pool::lease& slot,
+                                                            const char*& end) {
+    auto& pool = *route.pool;
+    std::vector<bool> tried(pool.size(), false);
+    bool counted_no_up = false;
+    for (std::size_t attempt = 0; attempt < pool.size(); ++attempt) {
+        auto got = co_await pool.acquire(client, tried, route.cfg.timeouts.queue, counted_no_up);
+        if (got.result == backend_pool::outcome::queue_timeout) {
+            route.metrics.queue_timeout();
+            end = "queue_timeout";
+            co_return std::nullopt;
+        }
+        if (got.result != backend_pool::outcome::leased) break;
+        const std::size_t index = got.slot.index();
+        const auto& backend = pool.backend(index);
         auto outcome = co_await net::connect_upstream(backend.addr, route.cfg.timeouts.connect);
         if (outcome.socket) {
-            chosen = index;
+            pool.connect_succeeded(index);
+            slot = std::move(got.slot);
             co_return std::move(outcome.socket);
         }
+        tried[index] = true;
         route.metrics.connect_failed(index, outcome.reason);
         spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.addr.text,
                      metrics::to_string(outcome.reason), outcome.error.message());
         // No socket of our own after a whole connect timeout: another backend needs one just the same.
         if (outcome.reason == metrics::connect_error::local) break;
+        pool.connect_failed(index);
     }
     co_return std::nullopt;
 }
@@ -102,15 +119,18 @@ std::vector<std::uint8_t> proxy_header_to_send(config::proxy_protocol_version ve
 class session final : public session_registry::entry {
 public:
     session(std::shared_ptr<const listener_routes> listener, session_env env, net::tcp::socket client,
-            std::uint64_t id)
+            std::uint64_t id, bool admitted)
         : listener_(std::move(listener)), env_(env), client_(std::move(client)), upstream_(client_.get_executor()),
           id_(id), started_(std::chrono::steady_clock::now()) {
+        if (admitted) admitted_ = listener_->routes.front()->admission.get();
         env_.active->fetch_add(1, std::memory_order_relaxed);
         env_.live->add(*this);
     }
     ~session() {
         finish(datapath::end_reason::shutdown, true);  // a no-op unless the session was cut short
         env_.live->remove(*this);
+        slot_.reset();
+        if (admitted_) admitted_->release();
         if (route_) route_->metrics.connection_closed();
         env_.active->fetch_sub(1, std::memory_order_relaxed);
     }
@@ -132,6 +152,10 @@ private:
     // Ends a connection refused before it reached a backend; `end` names why in the access log.
     void refuse(const char* end, bool reset);
     bool trusted_source() const;
+    // The client address source_hash keys on: the accepted PROXY header's source, else the socket's peer.
+    client_key balance_key(const std::optional<proxy_header>& accepted) const;
+    // A place of the route's max_connections, unless the accept loop took one: waits up to timeouts.queue.
+    net::awaitable<bool> admit();
 
     std::shared_ptr<const listener_routes> listener_;
     std::shared_ptr<route_runtime> route_;  // once chosen (after the preamble)
@@ -143,6 +167,8 @@ private:
     std::chrono::steady_clock::time_point started_;
     std::string client_text_;
     std::optional<std::size_t> backend_;
+    admission* admitted_ = nullptr;  // the limit this connection holds a place of
+    backend_pool::lease slot_;       // its place on the backend: active until the session ends
     std::size_t consumed_ = 0;       // bytes of the client's stream the preamble took (a PROXY header)
     const char* refused_ = nullptr;  // the access log's `end` for a connection refused before a backend
     bool cut_ = false;
@@ -157,6 +183,28 @@ bool session::trusted_source() const {
     for (const auto& net : listener_->trusted_proxies)
         if (net.contains(peer.data())) return true;
     return false;
+}
+
+client_key session::balance_key(const std::optional<proxy_header>& accepted) const {
+    if (accepted && accepted->has_addresses()) {
+        const sockaddr_storage a = to_sockaddr(*accepted->source);
+        return client_key::of(reinterpret_cast<const sockaddr*>(&a));
+    }
+    boost::system::error_code ec;
+    auto peer = client_.remote_endpoint(ec);
+    return ec ? client_key{} : client_key::of(peer.data());
+}
+
+net::awaitable<bool> session::admit() {
+    auto* limit = route_->admission.get();
+    if (!limit || admitted_ == limit) co_return true;
+    const auto deadline = std::chrono::steady_clock::now() + route_->cfg.timeouts.queue;
+    while (!limit->try_admit()) {
+        if (std::chrono::steady_clock::now() >= deadline || cut_) co_return false;
+        co_await limit->wait_for_room(deadline);
+    }
+    admitted_ = limit;
+    co_return true;
 }
 
 net::awaitable<void> session::run() {
@@ -207,15 +255,26 @@ net::awaitable<void> session::run() {
     }
     if (!route_) route_ = listener_->fallback ? listener_->fallback : listener_->routes.front();
     route_->metrics.connection_opened();
+    // On an address shared by several routes, the route's limit is known only now.
+    if (const bool in = co_await admit(); !in) {
+        if (cut_) {
+            finish(datapath::end_reason::shutdown, true);
+            co_return;
+        }
+        route_->metrics.queue_timeout();
+        refuse("queue_timeout", true);
+        co_return;
+    }
 
-    std::size_t backend_index = 0;
-    auto upstream = co_await connect_any(*route_, id_, backend_index);
+    const char* no_backend = nullptr;
+    auto upstream = co_await connect_any(*route_, id_, balance_key(accepted), slot_, no_backend);
     if (!upstream) {
-        finish(datapath::end_reason::error, false);  // closing the client is the answer
+        if (no_backend) refuse(no_backend, true);  // a reset: what the client sent goes nowhere
+        else finish(datapath::end_reason::error, false);  // closing the client is the answer
         co_return;
     }
     upstream_ = std::move(*upstream);
-    backend_ = backend_index;
+    backend_ = slot_.index();
     if (cut_) {
         finish(datapath::end_reason::shutdown, true);
         co_return;
@@ -276,16 +335,23 @@ void session::finish(datapath::end_reason why, bool cut_short) {
     env_.access_log->info("conn={} route={} client={} backend={} datapath={} duration_ms={} bytes_in={} bytes_out={} "
                           "end={}",
                           id_, route_name, client_text_.empty() ? "?" : client_text_,
-                          backend_ ? route_->cfg.backends[*backend_].addr.text : std::string("-"),
+                          backend_ ? route_->pool->backend(*backend_).addr.text : std::string("-"),
                           p ? p->paths.text() : std::string("-"), duration, in > consumed_ ? in - consumed_ : 0,
                           p ? p->payload_received(upstream_, from_upstream.bytes_received) : 0, end);
 }
 
 }  // namespace
 
+route_runtime::route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
+                             std::vector<std::shared_ptr<backend_state>> states)
+    : cfg(std::move(c)), plan(p), metrics(std::move(m)) {
+    pool = std::make_shared<backend_pool>(cfg, metrics, std::move(states), std::random_device{}());
+    if (cfg.max_connections) admission = std::make_unique<proxy::admission>(cfg.max_connections);
+}
+
 net::awaitable<void> run_session(std::shared_ptr<const listener_routes> listener, session_env env,
-                                 net::tcp::socket client, std::uint64_t id) {
-    session s(std::move(listener), env, std::move(client), id);
+                                 net::tcp::socket client, std::uint64_t id, bool admitted) {
+    session s(std::move(listener), env, std::move(client), id, admitted);
     co_await s.run();
 }
 

@@ -5,7 +5,8 @@
 #include "datapath/engage.hpp"
 #include "metrics/metrics.hpp"
 #include "net/asio.hpp"
-#include "proxy/balancer.hpp"
+#include "proxy/admission.hpp"
+#include "proxy/backend_pool.hpp"
 
 #include <atomic>
 #include <cstddef>
@@ -22,13 +23,17 @@ class sockmap_engine;
 
 namespace spliced::proxy {
 
-// A route as the sessions see it: its config, the data path planned at startup, its metrics.
+// A route as the sessions see it: its config, the data path planned at startup, its metrics, its
+// backend pool and its connection limit.
 struct route_runtime {
-    route_runtime(config::route c, datapath::plan p, metrics::route_metrics m)
-        : cfg(std::move(c)), plan(p), metrics(std::move(m)) {}
+    // `states`: one per backend (fresh, or carried over from an earlier table).
+    route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
+                  std::vector<std::shared_ptr<backend_state>> states);
     config::route cfg;
     datapath::plan plan;
     metrics::route_metrics metrics;
+    std::shared_ptr<backend_pool> pool;
+    std::unique_ptr<proxy::admission> admission;  // null without max_connections
 };
 
 // The sessions of one worker thread that are still open, so that a drain timeout can end them.
@@ -72,8 +77,9 @@ struct session_env {
 
 struct listener_routes;
 
-// The session coroutine; spawn it with a socket accepted on `listener`.
+// The session coroutine; spawn it with a socket accepted on `listener`. `admitted`: the accept loop took
+// a place of the listener's one route's max_connections for it.
 net::awaitable<void> run_session(std::shared_ptr<const listener_routes> listener, session_env env,
-                                 net::tcp::socket client, std::uint64_t id);
+                                 net::tcp::socket client, std::uint64_t id, bool admitted);
 
 }  // namespace spliced::proxy

@@ -1,0 +1,36 @@
+// A wait that one worker thread sits in and any thread may end: how a slot freed on one worker reaches
+// a connection waiting for it on another.
+#pragma once
+
+#include "net/asio.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+
+namespace spliced::net {
+
+class wakeup : public std::enable_shared_from_this<wakeup> {
+public:
+    explicit wakeup(asio::any_io_executor ex) : timer_(std::move(ex)) {}
+    // From any thread: ends the current (or the next) wait().
+    void wake() {
+        woken_.store(true, std::memory_order_release);
+        asio::post(timer_.get_executor(), [self = shared_from_this()] { self->timer_.cancel(); });
+    }
+    // On the owner's executor: until woken or `deadline`; true when woken. A wake() that came before
+    // the wait counts (nothing is lost between checking a condition and waiting); a stale one may end
+    // a later wait early, so callers check their condition again.
+    awaitable<bool> wait(std::chrono::steady_clock::time_point deadline) {
+        if (woken_.exchange(false, std::memory_order_acq_rel)) co_return true;
+        timer_.expires_at(deadline);
+        co_await timer_.async_wait(use_tuple);
+        co_return woken_.exchange(false, std::memory_order_acq_rel);
+    }
+
+private:
+    asio::steady_timer timer_;
+    std::atomic<bool> woken_{false};
+};
+
+}  // namespace spliced::net

@@ -1,0 +1,37 @@
+// A route's max_connections: open client connections at once, shared by every worker.
+#include "proxy/admission.hpp"
+
+namespace spliced::proxy {
+
+bool admission::try_admit() {
+    auto n = open_.load(std::memory_order_relaxed);
+    while (n < limit_)
+        if (open_.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel)) return true;
+    return false;
+}
+
+void admission::release() {
+    open_.fetch_sub(1, std::memory_order_acq_rel);
+    std::vector<std::shared_ptr<net::wakeup>> wake;
+    {
+        std::lock_guard lock(mutex_);
+        wake.swap(waiting_);
+    }
+    for (auto& w : wake) w->wake();
+}
+
+net::awaitable<void> admission::wait_for_room(std::chrono::steady_clock::time_point deadline) {
+    auto me = std::make_shared<net::wakeup>(co_await net::asio::this_coro::executor);
+    {
+        std::lock_guard lock(mutex_);
+        // Checked under the lock that release() takes: a place freed before this is seen here, one freed
+        // after it wakes us.
+        if (open_.load(std::memory_order_acquire) < limit_) co_return;
+        waiting_.push_back(me);
+    }
+    co_await me->wait(deadline);
+    std::lock_guard lock(mutex_);
+    std::erase(waiting_, me);
+}
+
+}  // namespace spliced::proxy
