@@ -28,8 +28,12 @@ client_key client_key::of(const sockaddr* addr) {
     return k;
 }
 
-std::unique_ptr<balancer> make_balancer(config::balance_kind kind, std::vector<unsigned> weights, std::uint64_t) {
+std::unique_ptr<balancer> make_balancer(config::balance_kind kind, std::vector<unsigned> weights,
+                                        std::uint64_t seed) {
     switch (kind) {
+    case config::balance_kind::least_conn: return std::make_unique<balance::least_connections>();
+    case config::balance_kind::random: return std::make_unique<balance::two_random_choices>(seed);
+    case config::balance_kind::source_hash: return std::make_unique<balance::maglev_hash>();
     case config::balance_kind::round_robin:
     default: return std::make_unique<balance::smooth_round_robin>(std::move(weights));
     }
