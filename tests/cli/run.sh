@@ -39,10 +39,10 @@ check "good.yaml accepted (stderr: $err)" $?
 
 expect_refused bad-unknown-key.yaml "4:5: unknown key 'backend' in route"
 expect_refused bad-syntax.yaml "4:13: YAML syntax error"
-expect_refused bad-address.yaml "5:18: backend address: bad address 'backend.local:9000'"
+expect_refused bad-address.yaml "5:18: backend address: bad address '300.1.1.1:9000': '300.1.1.1' is not an IP address"
 expect_refused bad-empty-backends.yaml "4:15: route 'web' has an empty backend list"
 expect_refused bad-duration.yaml "1:16: drain_timeout: duration needs a unit"
-expect_refused bad-not-yet.yaml "4:5: 'health_check' is not supported yet"
+expect_refused bad-health-check.yaml "4:5: health_check.timeout (2000 ms) must not be longer than its interval (1000 ms)"
 
 err=$("$bin" --check-config --config "$dir/missing.yaml" 2>&1 >/dev/null)
 status=$?

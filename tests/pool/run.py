@@ -84,6 +84,15 @@ class CountingEcho:
             threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c):
+        counted = True
+
+        def done():
+            nonlocal counted
+            if counted:
+                with self.lock:
+                    self.open -= 1
+                counted = False
+
         try:
             c.settimeout(30)
             while True:
@@ -91,12 +100,14 @@ class CountingEcho:
                 if not b:
                     break
                 c.sendall(b)
+            # No longer open as of now: before the FIN that lets spliced end the session and give its slot to
+            # another connection (counting after it would race that connection's accept).
+            done()
             c.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         finally:
-            with self.lock:
-                self.open -= 1
+            done()
             c.close()
 
     def close(self):
@@ -637,6 +648,7 @@ def main():
     ap.add_argument("--datapath", required=True, choices=["sockmap", "splice", "copy", "auto"])
     ap.add_argument("--budget", type=float, default=90.0, help="seconds for the whole suite (default 90)")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--case", type=int, action="append", help="run only case N (repeatable)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("pool: needs root (127.0.0.x sources, a network namespace, spliced's sockmap path); skipped")
@@ -661,7 +673,8 @@ def main():
     print(f"pool: datapath={args.datapath} binary={w.binary} tmp={w.tmp}", flush=True)
     results = []
     try:
-        for f in (case_balancers, case_health, case_all_down, case_passive, case_limits, case_hostnames):
+        cases = [case_balancers, case_health, case_all_down, case_passive, case_limits, case_hostnames]
+        for f in [f for i, f in enumerate(cases, 1) if not args.case or i in args.case]:
             started = time.monotonic()
             try:
                 ok = f(w).passed
