@@ -6,13 +6,18 @@
 #include "log/log.hpp"
 #include "metrics/metrics.hpp"
 #include "net/listener.hpp"
+#include "net/resolve.hpp"
+#include "config/loader.hpp"
 #include "proxy/health.hpp"
 #include "proxy/route_table.hpp"
 #include "proxy/session.hpp"
 #include "sys/notify.hpp"
 #include "sys/socket.hpp"
 
+#include <algorithm>
 #include <csignal>
+#include <ctime>
+#include <map>
 #include <cstdlib>
 #include <dirent.h>
 #include <stdexcept>
@@ -26,15 +31,47 @@ static_assert(config::sockmap_config{}.capacity == datapath::default_capacity,
 
 namespace {
 
+// One listening socket of a worker and the routes on its address. A reload swaps `group` (on the
+// worker's thread); the socket stays, so no client of an address that stays is ever refused.
+struct listener_slot {
+    explicit listener_slot(net::tcp::acceptor a, std::shared_ptr<const proxy::listener_routes> g)
+        : acceptor(std::move(a)), group(std::move(g)) {}
+    net::tcp::acceptor acceptor;
+    std::shared_ptr<const proxy::listener_routes> group;
+};
+
 // One thread with its own io_context and its own SO_REUSEPORT listeners.
 struct worker {
     proxy::session_registry live;  // outlives the io_context, whose destruction may end sessions
     net::asio::io_context io{1};
-    std::vector<std::pair<net::tcp::acceptor, std::shared_ptr<const proxy::listener_routes>>> listeners;
+    std::vector<std::shared_ptr<listener_slot>> listeners;
+    proxy::session_env env;  // what new sessions get (a reload may change the access log)
     std::thread thread;
 };
 
-net::awaitable<void> next_signal(net::asio::signal_set& signals) { co_await signals.async_wait(net::use_tuple); }
+// A route's place-count limit applies to the sessions of its listen address when the address has no
+// other route (else the session takes its place once it knows its route).
+net::admit_gate* gate_of(const proxy::listener_routes& g) {
+    return g.routes.size() == 1 ? g.routes.front()->admission.get() : nullptr;
+}
+
+// The key of a backend's carried-over state.
+std::string backend_key(const std::string& route, const std::string& address) { return route + '\n' + address; }
+
+// The next SIGTERM or SIGINT; a SIGHUP meanwhile (a reload during a drain) is ignored.
+net::awaitable<void> next_signal(net::asio::signal_set& signals) {
+    for (;;) {
+        auto [ec, sig] = co_await signals.async_wait(net::use_tuple);
+        if (ec || sig != SIGHUP) co_return;
+        spdlog::warn("SIGHUP while draining: ignored");
+    }
+}
+
+std::string monotonic_usec() {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return std::to_string(static_cast<std::uint64_t>(ts.tv_sec) * 1000000u + static_cast<std::uint64_t>(ts.tv_nsec) / 1000u);
+}
 
 net::awaitable<void> ping_watchdog(std::chrono::microseconds every) {
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
@@ -73,14 +110,23 @@ int reset_open_connections() {
 
 }  // namespace
 
+// One generation of routing as built from a config, before it is put in place.
+struct generation {
+    std::vector<std::shared_ptr<proxy::route_runtime>> routes;
+    std::vector<std::shared_ptr<proxy::listener_routes>> listeners;  // the routes grouped by listen address
+    std::map<std::string, std::shared_ptr<proxy::backend_state>> backend_states;  // by backend_key()
+    std::map<std::string, std::shared_ptr<proxy::admission>> admissions;         // by route name
+};
+
 struct app::impl {
     config::config cfg;
     // Before the metrics: a scrape reads the engine's counters, so the engine must outlive the exposer.
     std::unique_ptr<datapath::sockmap_engine> engine;
+    std::optional<datapath::probe_report> report;  // of the probe at start; reloads plan with it
     metrics::registry metrics;
     std::shared_ptr<spdlog::logger> access_log;
-    std::vector<std::shared_ptr<proxy::route_runtime>> routes;
-    std::vector<std::shared_ptr<proxy::listener_routes>> listeners;  // the routes grouped by listen address
+    generation current;
+    bool draining = false;
     std::atomic<long> active{0};
     std::atomic<std::uint64_t> next_id{1};
     std::vector<std::unique_ptr<worker>> workers;  // destroyed first: the sessions use everything above
@@ -90,9 +136,18 @@ struct app::impl {
 
     explicit impl(config::config c) : cfg(std::move(c)) {}
 
-    datapath::kind resolve(const config::route& r, const datapath::probe_report* report) const;
-    void choose_datapaths();
+    datapath::kind resolve(const config::route& r) const;
+    void probe();
+    // The routes of `c` with their data path plans, backend pools and limits, grouped by listen
+    // address; state of backends and limits that `current` has is carried over. Throws
+    // std::runtime_error when a route cannot run (e.g. sockmap forced without the BPF engine).
+    generation build(const config::config& c, bool log_plans);
     void open_listeners();
+    void start_health_checks(const generation& g);
+    void spawn_accept_loop(worker& w, const std::shared_ptr<listener_slot>& slot);
+    net::awaitable<void> reload();
+    // Puts `next` in place of the running config; throws (having changed nothing) when it cannot.
+    net::awaitable<void> apply(config::config next);
     void start_workers();
     void stop_accepting();
     void stop_workers();
@@ -102,14 +157,14 @@ struct app::impl {
     net::awaitable<void> cut_and_wait();
 };
 
-datapath::kind app::impl::resolve(const config::route& r, const datapath::probe_report* report) const {
+datapath::kind app::impl::resolve(const config::route& r) const {
     using config::datapath_kind;
     const bool splice_ok = datapath::splice_available();
     switch (r.datapath) {
     case datapath_kind::sockmap:
         if (!engine)
             throw std::runtime_error("route " + r.name + ": datapath sockmap is unavailable: " +
-                                     (report ? report->summary : std::string("not probed")));
+                                     (report ? report->summary : std::string("not probed at start")));
         return datapath::kind::sockmap;
     case datapath_kind::auto_select:
         if (engine && report && report->usable) return datapath::kind::sockmap;
@@ -122,11 +177,10 @@ datapath::kind app::impl::resolve(const config::route& r, const datapath::probe_
     return datapath::kind::copy;
 }
 
-void app::impl::choose_datapaths() {
+void app::impl::probe() {
     bool wants_sockmap = false;
     for (const auto& r : cfg.routes)
         wants_sockmap |= r.datapath == config::datapath_kind::sockmap || r.datapath == config::datapath_kind::auto_select;
-    std::optional<datapath::probe_report> report;
     if (wants_sockmap) {
         report.emplace();
         engine = datapath::probe_sockmap(*report, cfg.sockmap.capacity);
@@ -145,11 +199,19 @@ void app::impl::choose_datapaths() {
                 engine.reset();  // auto will not use it: do not keep the maps around
         }
     }
-    for (const auto& r : cfg.routes) {
-        auto k = resolve(r, report ? &*report : nullptr);
+    auto* e = engine.get();
+    metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
+                                "Redirects whose peer socket was missing; that direction moved to userspace copy",
+                                [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
+}
+
+generation app::impl::build(const config::config& c, bool log_plans) {
+    generation g;
+    for (const auto& r : c.routes) {
+        auto k = resolve(r);
         std::string why;
         if (r.datapath == config::datapath_kind::auto_select)
-            why = report ? report->summary : "sockmap not probed";
+            why = report ? report->summary : "sockmap not probed at start";
         else
             why = std::string("configured ") + config::to_string(r.datapath);
         // auto with sockmap usable: start each connection on splice, move it to sockmap once it
@@ -158,33 +220,48 @@ void app::impl::choose_datapaths() {
                              datapath::splice_available();
         if (promote) {
             k = datapath::kind::splice;
-            spdlog::info("route {}: datapath auto: splice first, then sockmap for connections that are not bulk "
-                         "transfers ({})",
-                         r.name, why);
-        } else {
+            if (log_plans)
+                spdlog::info("route {}: datapath auto: splice first, then sockmap for connections that are not bulk "
+                             "transfers ({})",
+                             r.name, why);
+        } else if (log_plans) {
             spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);
         }
         std::vector<std::shared_ptr<proxy::backend_state>> states;
-        for (std::size_t i = 0; i < r.backends.size(); ++i) states.push_back(std::make_shared<proxy::backend_state>());
-        routes.push_back(
-            std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, metrics.add_route(r), std::move(states)));
-        if (r.health_check) proxy::start_health_checks(main_io, routes.back()->pool, *r.health_check);
+        for (const auto& b : r.backends) {
+            const auto key = backend_key(r.name, b.addr.text);
+            auto old = current.backend_states.find(key);
+            auto state = old != current.backend_states.end() ? old->second : std::make_shared<proxy::backend_state>();
+            g.backend_states.emplace(key, state);
+            states.push_back(std::move(state));
+        }
+        std::shared_ptr<proxy::admission> limit;
+        if (r.max_connections) {
+            auto old = current.admissions.find(r.name);
+            limit = old != current.admissions.end() ? old->second : std::make_shared<proxy::admission>(r.max_connections);
+            g.admissions.emplace(r.name, limit);
+        }
+        g.routes.push_back(std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, metrics.add_route(r),
+                                                                  std::move(states), std::move(limit)));
     }
-    auto* e = engine.get();
-    metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
-                                "Redirects whose peer socket was missing; that direction moved to userspace copy",
-                                [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
+    g.listeners = proxy::group_by_listener(g.routes, metrics);
+    return g;
+}
+
+void app::impl::start_health_checks(const generation& g) {
+    for (const auto& r : g.routes)
+        if (r->cfg.health_check) proxy::start_health_checks(main_io, r->pool, *r->cfg.health_check);
 }
 
 void app::impl::open_listeners() {
-    listeners = proxy::group_by_listener(routes, metrics);
     unsigned n = cfg.workers ? cfg.workers : std::max(1u, std::thread::hardware_concurrency());
     for (unsigned i = 0; i < n; ++i) {
         auto w = std::make_unique<worker>();
-        for (const auto& group : listeners) w->listeners.emplace_back(net::open_listener(w->io, group->addr), group);
+        for (const auto& group : current.listeners)
+            w->listeners.push_back(std::make_shared<listener_slot>(net::open_listener(w->io, group->addr), group));
         workers.push_back(std::move(w));
     }
-    for (const auto& group : listeners) {
+    for (const auto& group : current.listeners) {
         std::string names;
         for (const auto& r : group->routes) {
             names += names.empty() ? "" : ", ";
@@ -197,27 +274,35 @@ void app::impl::open_listeners() {
     spdlog::info("{} worker thread(s)", n);
 }
 
+namespace {
+
+net::awaitable<void> run_listener(std::shared_ptr<listener_slot> slot,
+                                  std::function<void(net::tcp::socket, bool)> on_accept) {
+    co_await net::accept_loop(slot->acceptor, [slot] { return gate_of(*slot->group); }, std::move(on_accept));
+}
+
+}  // namespace
+
+void app::impl::spawn_accept_loop(worker& w, const std::shared_ptr<listener_slot>& slot) {
+    auto on_accept = [this, w = &w, slot](net::tcp::socket s, bool admitted) {
+        auto id = next_id.fetch_add(1, std::memory_order_relaxed);
+        net::asio::co_spawn(w->io, proxy::run_session(slot->group, w->env, std::move(s), id, admitted),
+                            [id](std::exception_ptr e) {
+                                if (!e) return;
+                                try {
+                                    std::rethrow_exception(e);
+                                } catch (const std::exception& ex) {
+                                    spdlog::error("conn {}: session failed: {}", id, ex.what());
+                                }
+                            });
+    };
+    net::asio::co_spawn(w.io, run_listener(slot, std::move(on_accept)), net::asio::detached);
+}
+
 void app::impl::start_workers() {
     for (auto& w : workers) {
-        proxy::session_env env{engine.get(), access_log.get(), &active, &w->live};
-        for (auto& [acceptor, group] : w->listeners) {
-            // A listen address with one route applies its max_connections at accept; one shared by
-            // several routes, once the session knows its route.
-            net::admit_gate* gate = group->routes.size() == 1 ? group->routes.front()->admission.get() : nullptr;
-            auto on_accept = [this, env, group = group, &io = w->io, admitted = gate != nullptr](net::tcp::socket s) {
-                auto id = next_id.fetch_add(1, std::memory_order_relaxed);
-                net::asio::co_spawn(io, proxy::run_session(group, env, std::move(s), id, admitted),
-                                    [id](std::exception_ptr e) {
-                    if (!e) return;
-                    try {
-                        std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                        spdlog::error("conn {}: session failed: {}", id, ex.what());
-                    }
-                });
-            };
-            net::asio::co_spawn(w->io, net::accept_loop(acceptor, gate, on_accept), net::asio::detached);
-        }
+        w->env = proxy::session_env{engine.get(), access_log, &active, &w->live};
+        for (auto& slot : w->listeners) spawn_accept_loop(*w, slot);
         w->thread = std::thread([io = &w->io] {
             auto guard = net::asio::make_work_guard(*io);
             io->run();
@@ -228,9 +313,9 @@ void app::impl::start_workers() {
 void app::impl::stop_accepting() {
     for (auto& w : workers)
         net::asio::post(w->io, [w = w.get()] {
-            for (auto& [acceptor, group] : w->listeners) {
+            for (auto& slot : w->listeners) {
                 boost::system::error_code ignored;
-                acceptor.close(ignored);
+                slot->acceptor.close(ignored);
             }
         });
 }
@@ -282,9 +367,11 @@ net::awaitable<void> app::impl::serve_signals() {
         auto [ec, sig] = co_await signals.async_wait(net::use_tuple);
         if (ec) co_return;
         if (sig == SIGHUP) {
-            spdlog::warn("SIGHUP: config reload is not implemented yet; keeping the running config");
+            // SIGHUPs that arrive meanwhile wait in the signal set: one more reload after this one.
+            co_await reload();
             continue;
         }
+        draining = true;
         spdlog::info("{}: stop accepting, draining up to {} ms", sig == SIGTERM ? "SIGTERM" : "SIGINT",
                      cfg.drain_timeout.count());
         sys::notify("STOPPING=1");
@@ -300,10 +387,110 @@ net::awaitable<void> app::impl::serve_signals() {
     }
 }
 
+net::awaitable<void> app::impl::reload() {
+    sys::notify("RELOADING=1\nMONOTONIC_USEC=" + monotonic_usec());
+    spdlog::info("SIGHUP: reloading {}", cfg.source);
+    const auto started = std::chrono::steady_clock::now();
+    bool ok = false;
+    try {
+        co_await apply(config::load_file(cfg.source, net::resolve_host));
+        ok = true;
+    } catch (const std::exception& e) {
+        spdlog::error("reload failed, the running config stays: {}", e.what());
+    }
+    metrics.config_loaded(true, ok);
+    if (ok)
+        spdlog::info("reload done in {} ms: {} route(s) on {} listen address(es)",
+                     std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count(),
+                     current.routes.size(), current.listeners.size());
+    sys::notify("READY=1\nSTATUS=serving");
+}
+
+net::awaitable<void> app::impl::apply(config::config next) {
+    // What needs a restart keeps its running value.
+    if (next.workers != cfg.workers) {
+        spdlog::warn("reload: workers changed ({} -> {}): needs a restart; keeping {}", cfg.workers, next.workers, cfg.workers);
+        next.workers = cfg.workers;
+    }
+    if (next.sockmap.capacity != cfg.sockmap.capacity) {
+        spdlog::warn("reload: sockmap.capacity changed ({} -> {}): needs a restart; keeping {}", cfg.sockmap.capacity,
+                     next.sockmap.capacity, cfg.sockmap.capacity);
+        next.sockmap.capacity = cfg.sockmap.capacity;
+    }
+    if (next.metrics.enabled != cfg.metrics.enabled ||
+        (next.metrics.enabled && next.metrics.listen.text != cfg.metrics.listen.text)) {
+        spdlog::warn("reload: metrics.listen changed: needs a restart; keeping {}",
+                     cfg.metrics.enabled ? cfg.metrics.listen.text : std::string("no metrics endpoint"));
+        next.metrics = cfg.metrics;
+    }
+    // Everything that can fail comes first, while nothing has changed: plans, the access log, binds.
+    generation g = build(next, false);
+    auto next_access_log = next.log.access_log == cfg.log.access_log && next.log.access_log == "stdout"
+                               ? access_log  // nothing to reopen
+                               : log::make_access_log(next.log);
+    std::vector<std::vector<std::shared_ptr<listener_slot>>> opened(workers.size());
+    for (std::size_t i = 0; i < workers.size(); ++i)
+        for (const auto& group : g.listeners) {
+            const bool kept = std::any_of(workers[i]->listeners.begin(), workers[i]->listeners.end(),
+                                          [&](const auto& slot) { return slot->group->addr.text == group->addr.text; });
+            if (!kept)
+                opened[i].push_back(std::make_shared<listener_slot>(net::open_listener(workers[i]->io, group->addr), group));
+        }
+
+    // Now the swap, on every worker's own thread.
+    for (const auto& r : g.routes)
+        if (r->admission) r->admission->set_limit(r->cfg.max_connections);
+    std::atomic<std::size_t> pending{workers.size()};
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+        net::asio::post(workers[i]->io, [this, w = workers[i].get(), added = std::move(opened[i]), &g, &pending,
+                                         next_access_log]() mutable {
+            w->env.access_log = next_access_log;
+            std::vector<std::shared_ptr<listener_slot>> keep;
+            for (auto& slot : w->listeners) {
+                auto found = std::find_if(g.listeners.begin(), g.listeners.end(),
+                                          [&](const auto& group) { return group->addr.text == slot->group->addr.text; });
+                if (found == g.listeners.end()) {
+                    boost::system::error_code ignored;
+                    slot->acceptor.close(ignored);  // its accept loop ends; its sessions run on
+                    continue;
+                }
+                slot->group = *found;
+                keep.push_back(slot);
+            }
+            for (auto& slot : added) {
+                spawn_accept_loop(*w, slot);
+                keep.push_back(slot);
+            }
+            w->listeners = std::move(keep);
+            pending.fetch_sub(1, std::memory_order_release);
+        });
+    }
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    while (pending.load(std::memory_order_acquire) > 0) {  // each worker takes a moment at most
+        timer.expires_after(std::chrono::microseconds(200));
+        co_await timer.async_wait(net::use_tuple);
+    }
+    for (const auto& r : current.routes) r->pool->retire();
+    start_health_checks(g);
+    for (const auto& r : g.routes)
+        if (std::none_of(current.routes.begin(), current.routes.end(), [&](const auto& o) { return o->cfg.name == r->cfg.name; }))
+            spdlog::info("reload: route {} added", r->cfg.name);
+    for (const auto& r : current.routes)
+        if (std::none_of(g.routes.begin(), g.routes.end(), [&](const auto& o) { return o->cfg.name == r->cfg.name; }))
+            spdlog::info("reload: route {} removed (its open connections run on)", r->cfg.name);
+    current = std::move(g);
+    access_log = std::move(next_access_log);
+    log::init(next.log);
+    cfg = std::move(next);
+}
+
 app::app(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
     auto& d = *impl_;
     d.access_log = log::make_access_log(d.cfg.log);
-    d.choose_datapaths();
+    d.probe();
+    d.current = d.build(d.cfg, true);
+    d.start_health_checks(d.current);
+    d.metrics.config_loaded(false, true);
     d.open_listeners();
     if (d.cfg.metrics.enabled) {
         d.metrics.serve(d.cfg.metrics.listen);

@@ -3,6 +3,7 @@
 
 #include "proxy/proxy_protocol.hpp"
 
+#include <chrono>
 #include <mutex>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -80,6 +81,8 @@ struct registry::families {
     prometheus::Family<prometheus::Counter>& health_checks_total;
     prometheus::Family<prometheus::Counter>& route_no_backend_up_total;
     prometheus::Family<prometheus::Counter>& queue_timeouts_total;
+    prometheus::Family<prometheus::Counter>& config_reloads_total;
+    prometheus::Family<prometheus::Gauge>& config_last_reload_success_timestamp_seconds;
 
     explicit families(prometheus::Registry& r)
         : connections_total(prometheus::BuildCounter()
@@ -142,7 +145,16 @@ struct registry::families {
                                    .Name("spliced_queue_timeouts_total")
                                    .Help("Connections closed after waiting timeouts.queue for a backend slot (or "
                                          "a route place on a shared listen address)")
-                                   .Register(r)) {}
+                                   .Register(r)),
+          config_reloads_total(prometheus::BuildCounter()
+                                   .Name("spliced_config_reloads_total")
+                                   .Help("Config reloads (SIGHUP), by result")
+                                   .Register(r)),
+          config_last_reload_success_timestamp_seconds(
+              prometheus::BuildGauge()
+                  .Name("spliced_config_last_reload_success_timestamp_seconds")
+                  .Help("Unix time of the last successful config load (the start, or a reload)")
+                  .Register(r)) {}
 };
 
 // Counters whose value lives elsewhere (BPF maps) and is read when scraped.
@@ -176,6 +188,16 @@ registry::registry()
       families_(std::make_unique<families>(*registry_)),
       sampled_(std::make_shared<sampled>()) {
     families_->build_info.Add({{"version", SPLICED_VERSION}}).Set(1);
+    families_->config_reloads_total.Add({{"result", "success"}});
+    families_->config_reloads_total.Add({{"result", "failure"}});
+    families_->config_last_reload_success_timestamp_seconds.Add({});
+}
+
+void registry::config_loaded(bool reload, bool success) {
+    if (reload) families_->config_reloads_total.Add({{"result", success ? "success" : "failure"}}).Increment();
+    if (success)
+        families_->config_last_reload_success_timestamp_seconds.Add({}).Set(
+            std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
 }
 
 registry::~registry() = default;

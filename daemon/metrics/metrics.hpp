@@ -75,6 +75,9 @@ public:
     route_metrics add_route(const config::route& r);
     // Adds the series of a listen address ("listen" label: the address as the config writes it).
     listener_metrics add_listener(const std::string& listen);
+    // A config load: the start (success only) or a reload (SIGHUP), counted by result; a success also
+    // sets the last-success timestamp.
+    void config_loaded(bool reload, bool success);
     // Exposes `value()` as a counter sampled at scrape time (e.g. BPF per-CPU sums).
     void add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value);
     // Serves GET /metrics on the address; throws std::runtime_error when it cannot bind.

@@ -28,7 +28,8 @@ tcp::acceptor open_listener(asio::io_context& io, const config::address& addr) {
     return acceptor;
 }
 
-awaitable<void> accept_loop(tcp::acceptor& acceptor, admit_gate* gate, std::function<void(tcp::socket)> on_accept) {
+awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<admit_gate*()> gate_of,
+                            std::function<void(tcp::socket, bool admitted)> on_accept) {
     using clock = std::chrono::steady_clock;
     asio::steady_timer pause(co_await asio::this_coro::executor);
     // Out of descriptors, the pending connection stays in the listen queue (its client waits) and
@@ -46,10 +47,12 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, admit_gate* gate, std::func
         }
         boost::system::error_code ec;
         tcp::socket socket(acceptor.get_executor());
+        admit_gate* gate = gate_of();
         if (gate) {
             // Admitted only once a client is there: a place taken while waiting in accept would be
             // kept from the other workers' listeners.
             std::tie(ec) = co_await acceptor.async_wait(tcp::acceptor::wait_read, use_tuple);
+            if (!ec && gate != gate_of()) continue;  // a reload changed the limit while we waited
             if (!ec && !gate->try_admit()) {
                 co_await gate->wait_for_room(clock::now() + std::chrono::seconds(1));
                 continue;
@@ -64,7 +67,7 @@ awaitable<void> accept_loop(tcp::acceptor& acceptor, admit_gate* gate, std::func
             std::tie(ec, socket) = co_await acceptor.async_accept(use_tuple);
         }
         if (!ec) {
-            on_accept(std::move(socket));
+            on_accept(std::move(socket), gate != nullptr);
             continue;
         }
         if (ec == asio::error::operation_aborted || !acceptor.is_open()) break;

@@ -26,9 +26,11 @@ protected:
 
 // Accepts until the acceptor is closed, handing each socket to `on_accept`. Running out of
 // descriptors pauses accepting for 100 ms instead of ending the loop; while accepted sessions wait
-// for a descriptor (sessions_awaiting_descriptor), it holds off in 10 ms steps. With `gate`, a
-// connection is accepted only once the gate admits it (on_accept's session releases the place): past
-// the limit, clients wait in the listen queue.
-awaitable<void> accept_loop(tcp::acceptor& acceptor, admit_gate* gate, std::function<void(tcp::socket)> on_accept);
+// for a descriptor (sessions_awaiting_descriptor), it holds off in 10 ms steps. When `gate()` returns
+// a gate (asked before each accept: a reload may change it), a connection is accepted only once the
+// gate admits it and on_accept gets admitted = true (its session releases the place): past the
+// limit, clients wait in the listen queue.
+awaitable<void> accept_loop(tcp::acceptor& acceptor, std::function<admit_gate*()> gate,
+                            std::function<void(tcp::socket, bool admitted)> on_accept);
 
 }  // namespace spliced::net

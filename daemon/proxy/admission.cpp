@@ -5,9 +5,17 @@ namespace spliced::proxy {
 
 bool admission::try_admit() {
     auto n = open_.load(std::memory_order_relaxed);
-    while (n < limit_)
+    while (n < limit_.load(std::memory_order_relaxed))
         if (open_.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel)) return true;
     return false;
+}
+
+void admission::set_limit(std::uint32_t limit) {
+    const bool raised = limit > limit_.exchange(limit, std::memory_order_relaxed);
+    if (raised) {
+        open_.fetch_add(1, std::memory_order_relaxed);
+        release();  // wakes those waiting for room
+    }
 }
 
 void admission::release() {
@@ -26,7 +34,7 @@ net::awaitable<void> admission::wait_for_room(std::chrono::steady_clock::time_po
         std::lock_guard lock(mutex_);
         // Checked under the lock that release() takes: a place freed before this is seen here, one freed
         // after it wakes us.
-        if (open_.load(std::memory_order_acquire) < limit_) co_return;
+        if (open_.load(std::memory_order_acquire) < limit_.load(std::memory_order_relaxed)) co_return;
         waiting_.push_back(me);
     }
     co_await me->wait(deadline);

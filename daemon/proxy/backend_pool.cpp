@@ -36,17 +36,19 @@ backend_pool::backend_pool(const config::route& route, const metrics::route_metr
     std::vector<unsigned> weights;
     for (const auto& b : backends_) weights.push_back(b.weight);
     balancer_ = make_balancer(route.balance, std::move(weights), seed);
-    std::lock_guard lock(mutex_);
-    for (std::size_t i = 0; i < backends_.size(); ++i) publish(i);
+    for (std::size_t i = 0; i < backends_.size(); ++i) {
+        std::lock_guard lock(states_[i]->mutex);
+        publish(i);
+    }
 }
 
 bool backend_pool::up(std::size_t index) const {
-    std::lock_guard lock(mutex_);
-    return const_cast<backend_pool*>(this)->up_locked(index, clock::now());
+    return const_cast<backend_pool*>(this)->up_now(index, clock::now());
 }
 
-bool backend_pool::up_locked(std::size_t index, clock::time_point now) {
+bool backend_pool::up_now(std::size_t index, clock::time_point now) {
     auto& s = *states_[index];
+    std::lock_guard lock(s.mutex);
     // Ejected by failed connects with no active check to bring it back: back once the eject time is over.
     if (!s.up && s.down_by_passive && !active_checks_ && now >= s.ejected_until)
         set_up_locked(index, true, "passive ejection over");
@@ -72,8 +74,11 @@ void backend_pool::publish(std::size_t index) {
 backend_pool::choice backend_pool::choose_locked(waiter& w) {
     const auto now = clock::now();
     bool any_up = false;
-    for (std::size_t i = 0; i < backends_.size(); ++i)
-        any_up |= backends_[i].weight > 0 && up_locked(i, now);
+    std::vector<bool> up(backends_.size());
+    for (std::size_t i = 0; i < backends_.size(); ++i) {
+        up[i] = up_now(i, now);
+        any_up |= backends_[i].weight > 0 && up[i];
+    }
     if (!any_up && !w.counted_no_up) {
         w.counted_no_up = true;
         metrics_.no_backend_up();
@@ -82,7 +87,7 @@ backend_pool::choice backend_pool::choose_locked(waiter& w) {
     bool full = false;
     for (std::size_t i = 0; i < backends_.size(); ++i) {
         const auto& b = backends_[i];
-        if (b.weight == 0 || (i < w.tried.size() && w.tried[i]) || (any_up && !states_[i]->up)) continue;
+        if (b.weight == 0 || (i < w.tried.size() && w.tried[i]) || (any_up && !up[i])) continue;
         const auto active = states_[i]->active.load(std::memory_order_relaxed);
         if (b.max_connections && active >= b.max_connections) {
             full = true;
@@ -93,7 +98,10 @@ backend_pool::choice backend_pool::choose_locked(waiter& w) {
     if (scratch_.empty()) return full ? choice::full : choice::none;
     const std::size_t index = scratch_[balancer_->pick(scratch_, w.client)].index;
     states_[index]->active.fetch_add(1, std::memory_order_relaxed);
-    publish(index);
+    {
+        std::lock_guard lock(states_[index]->mutex);
+        publish(index);
+    }
     w.granted = index;
     return choice::leased;
 }
@@ -110,7 +118,10 @@ void backend_pool::serve_waiters_locked() {
 void backend_pool::release(std::size_t index) {
     std::lock_guard lock(mutex_);
     states_[index]->active.fetch_sub(1, std::memory_order_relaxed);
-    publish(index);
+    {
+        std::lock_guard state_lock(states_[index]->mutex);
+        publish(index);
+    }
     serve_waiters_locked();
 }
 
@@ -145,8 +156,8 @@ net::awaitable<backend_pool::acquired> backend_pool::acquire(const client_key& c
 
 void backend_pool::connect_failed(std::size_t index) {
     if (!passive_) return;
-    std::lock_guard lock(mutex_);
     auto& s = *states_[index];
+    std::lock_guard lock(s.mutex);
     if (++s.connect_failures < passive_->failures || !s.up) return;
     s.ejected_until = clock::now() + passive_->eject;
     set_up_locked(index, false,
@@ -158,32 +169,39 @@ void backend_pool::connect_failed(std::size_t index) {
 
 void backend_pool::connect_succeeded(std::size_t index) {
     if (!passive_) return;
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(states_[index]->mutex);
     states_[index]->connect_failures = 0;
 }
 
 void backend_pool::check_result(std::size_t index, bool passed, const std::string& why) {
     metrics_.health_checked(index, passed);
-    std::lock_guard lock(mutex_);
-    auto& s = *states_[index];
-    if (!s.checked) {  // the first result sets the state at once
-        s.checked = true;
-        s.passes = passed ? 1 : 0;
-        s.failures = passed ? 0 : 1;
-        set_up_locked(index, passed, passed ? "first health check passed" : "first health check failed: " + why);
-        return;
+    bool came_up = false;
+    {
+        auto& s = *states_[index];
+        std::lock_guard lock(s.mutex);
+        const bool was_up = s.up;
+        if (!s.checked) {  // the first result sets the state at once
+            s.checked = true;
+            s.passes = passed ? 1 : 0;
+            s.failures = passed ? 0 : 1;
+            set_up_locked(index, passed, passed ? "first health check passed" : "first health check failed: " + why);
+        } else if (passed) {
+            s.failures = 0;
+            ++s.passes;
+            if (s.down_by_passive) set_up_locked(index, true, "health check passed after a passive ejection");
+            else if (s.passes >= check_rise_)
+                set_up_locked(index, true, std::to_string(s.passes) + " health checks passed");
+        } else {
+            s.passes = 0;
+            ++s.failures;
+            if (s.failures >= check_fall_)
+                set_up_locked(index, false, std::to_string(s.failures) + " health checks failed, the last: " + why);
+        }
+        came_up = !was_up && s.up;
     }
-    if (passed) {
-        s.failures = 0;
-        ++s.passes;
-        if (s.down_by_passive) set_up_locked(index, true, "health check passed after a passive ejection");
-        else if (s.passes >= check_rise_) set_up_locked(index, true, std::to_string(s.passes) + " health checks passed");
-        serve_waiters_locked();  // a backend back up may take those waiting
-    } else {
-        s.passes = 0;
-        ++s.failures;
-        if (s.failures >= check_fall_)
-            set_up_locked(index, false, std::to_string(s.failures) + " health checks failed, the last: " + why);
+    if (came_up) {  // a backend back up may take those waiting
+        std::lock_guard lock(mutex_);
+        serve_waiters_locked();
     }
 }
 

@@ -20,9 +20,11 @@
 
 namespace spliced::proxy {
 
-// What one backend's health and load are; the pool's mutex guards all but `active`.
+// What one backend's health and load are. Shared by the pools of successive route tables (a reload
+// keeps it by route and address), so it has its own lock: `mutex` guards all but `active`.
 struct backend_state {
     std::atomic<std::uint64_t> active{0};  // open connections (a sockmap one counts until it ends)
+    std::mutex mutex;
     bool up = true;                        // until a check or passive accounting says otherwise
     bool checked = false;                  // an active check has reported
     bool down_by_passive = false;          // marked down by failed connects, not by a check
@@ -76,6 +78,9 @@ public:
     const config::backend& backend(std::size_t index) const { return backends_[index]; }
     const std::string& route_name() const { return route_; }
     bool up(std::size_t index) const;
+    // Stops the health check loops of this pool (a newer route table has its own).
+    void retire() { retired_.store(true, std::memory_order_relaxed); }
+    bool retired() const { return retired_.load(std::memory_order_relaxed); }
     std::uint64_t active(std::size_t index) const { return states_[index]->active.load(std::memory_order_relaxed); }
 
 private:
@@ -92,10 +97,11 @@ private:
     // Under mutex_: hands free slots to waiters, oldest first.
     void serve_waiters_locked();
     void release(std::size_t index);
-    // Under mutex_: the backend's health state changes; logged at warn with why. Serves no waiter (it
-    // runs inside choose_locked()); the caller does that when it may.
+    // Under the backend's state mutex: its health state changes; logged at warn with why. Serves no
+    // waiter; the caller does that (under mutex_) when it may.
     void set_up_locked(std::size_t index, bool up, const std::string& why);
-    bool up_locked(std::size_t index, std::chrono::steady_clock::time_point now);
+    // Whether the backend is up now (an expired passive ejection ends here); takes its state mutex.
+    bool up_now(std::size_t index, std::chrono::steady_clock::time_point now);
     void publish(std::size_t index);  // the backend's gauges
 
     std::string route_;
@@ -105,7 +111,8 @@ private:
     std::optional<config::passive_health> passive_;
     metrics::route_metrics metrics_;
     std::vector<std::shared_ptr<backend_state>> states_;
-    mutable std::mutex mutex_;
+    std::atomic<bool> retired_{false};
+    mutable std::mutex mutex_;  // the balancer, the queue; taken before a backend's state mutex
     std::unique_ptr<balancer> balancer_;
     std::deque<std::shared_ptr<waiter>> queue_;
     std::vector<candidate> scratch_;

@@ -53,9 +53,10 @@ net::awaitable<void> timeout_after(std::chrono::milliseconds d) {
 net::awaitable<void> check_loop(std::shared_ptr<backend_pool> pool, std::size_t index, config::health_check check) {
     const config::address target = check_target(pool->backend(index).addr, check.port);
     net::asio::steady_timer next(co_await net::asio::this_coro::executor);
-    for (;;) {
+    while (!pool->retired()) {
         const auto started = clock::now();
         auto outcome = co_await check_once(target, check);
+        if (pool->retired()) break;  // a reload replaced the pool while this check ran
         pool->check_result(index, outcome.passed, outcome.why);
         next.expires_at(started + check.interval);
         auto [ec] = co_await next.async_wait(net::use_tuple);

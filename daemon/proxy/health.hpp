@@ -21,7 +21,7 @@ struct check_outcome {
 net::awaitable<check_outcome> check_once(const config::address& target, const config::health_check& check);
 
 // Checks every backend of `pool` every `check.interval` (the first at once), reporting to the pool,
-// until `io` stops.
+// until `io` stops or the pool is retired.
 void start_health_checks(net::asio::io_context& io, const std::shared_ptr<backend_pool>& pool,
                          const config::health_check& check);
 

@@ -343,10 +343,9 @@ void session::finish(datapath::end_reason why, bool cut_short) {
 }  // namespace
 
 route_runtime::route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
-                             std::vector<std::shared_ptr<backend_state>> states)
-    : cfg(std::move(c)), plan(p), metrics(std::move(m)) {
+                             std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<proxy::admission> limit)
+    : cfg(std::move(c)), plan(p), metrics(std::move(m)), admission(std::move(limit)) {
     pool = std::make_shared<backend_pool>(cfg, metrics, std::move(states), std::random_device{}());
-    if (cfg.max_connections) admission = std::make_unique<proxy::admission>(cfg.max_connections);
 }
 
 net::awaitable<void> run_session(std::shared_ptr<const listener_routes> listener, session_env env,

@@ -27,13 +27,15 @@ namespace spliced::proxy {
 // backend pool and its connection limit.
 struct route_runtime {
     // `states`: one per backend (fresh, or carried over from an earlier table).
+    // `states`: one per backend (fresh, or carried over from an earlier table); `limit`: the route's
+    // max_connections place count (carried over too), null without max_connections.
     route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
-                  std::vector<std::shared_ptr<backend_state>> states);
+                  std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<proxy::admission> limit);
     config::route cfg;
     datapath::plan plan;
     metrics::route_metrics metrics;
     std::shared_ptr<backend_pool> pool;
-    std::unique_ptr<proxy::admission> admission;  // null without max_connections
+    std::shared_ptr<proxy::admission> admission;  // null without max_connections
 };
 
 // The sessions of one worker thread that are still open, so that a drain timeout can end them.
@@ -70,7 +72,7 @@ private:
 // What every session of one worker shares, owned by the app and outliving all of them.
 struct session_env {
     datapath::sockmap_engine* engine = nullptr;  // null when sockmap is not loaded
-    spdlog::logger* access_log = nullptr;        // null when access_log: off
+    std::shared_ptr<spdlog::logger> access_log;  // null when access_log: off (a reload may open a new one)
     std::atomic<long>* active = nullptr;         // open client connections, for draining
     session_registry* live = nullptr;            // this worker's open sessions
 };
