@@ -278,7 +278,9 @@ namespace {
 
 net::awaitable<void> run_listener(std::shared_ptr<listener_slot> slot,
                                   std::function<void(net::tcp::socket, bool)> on_accept) {
-    co_await net::accept_loop(slot->acceptor, [slot] { return gate_of(*slot->group); }, std::move(on_accept));
+    // Named, not a temporary in the co_await expression: g++ 12 destroys such temporaries twice.
+    std::function<net::admit_gate*()> gate = [s = slot.get()] { return gate_of(*s->group); };
+    co_await net::accept_loop(slot->acceptor, std::move(gate), std::move(on_accept));
 }
 
 }  // namespace
@@ -331,6 +333,13 @@ void app::impl::stop_workers() {
     for (auto& w : workers) w->io.stop();
     for (auto& w : workers)
         if (w->thread.joinable()) w->thread.join();
+    // Each accept loop's frame holds its listener: closed now, it is not deregistered from the reactor
+    // while the io_context's destruction runs that reactor's shutdown (which frees those frames).
+    for (auto& w : workers)
+        for (auto& slot : w->listeners) {
+            boost::system::error_code ignored;
+            slot->acceptor.close(ignored);
+        }
 }
 
 net::awaitable<void> app::impl::drain() {
