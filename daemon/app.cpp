@@ -200,6 +200,11 @@ void app::impl::probe() {
         }
     }
     auto* e = engine.get();
+    metrics.add_sampled_gauge("spliced_sockmap_entries", "SOCKHASH entries in use (two per connection on sockmap)",
+                              [e] { return e ? static_cast<double>(e->entries()) : 0.0; });
+    metrics.add_sampled_gauge("spliced_sockmap_capacity",
+                              "SOCKHASH entries available (two per connection; sockmap.capacity connections)",
+                              [e] { return e ? 2.0 * e->capacity() : 0.0; });
     metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
                                 "Redirects whose peer socket was missing; that direction moved to userspace copy",
                                 [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
@@ -276,6 +281,17 @@ void app::impl::open_listeners() {
 
 namespace {
 
+// Every 10 s, the bytes that this worker's open connections moved go into spliced_bytes_total.
+net::awaitable<void> report_bytes_every(proxy::session_registry& live, std::chrono::seconds period) {
+    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
+    for (;;) {
+        timer.expires_after(period);
+        auto [ec] = co_await timer.async_wait(net::use_tuple);
+        if (ec) co_return;
+        live.report_all();
+    }
+}
+
 net::awaitable<void> run_listener(std::shared_ptr<listener_slot> slot,
                                   std::function<void(net::tcp::socket, bool)> on_accept) {
     // Named, not a temporary in the co_await expression: g++ 12 destroys such temporaries twice.
@@ -305,6 +321,7 @@ void app::impl::start_workers() {
     for (auto& w : workers) {
         w->env = proxy::session_env{engine.get(), access_log, &active, &w->live};
         for (auto& slot : w->listeners) spawn_accept_loop(*w, slot);
+        net::asio::co_spawn(w->io, report_bytes_every(w->live, std::chrono::seconds(10)), net::asio::detached);
         w->thread = std::thread([io = &w->io] {
             auto guard = net::asio::make_work_guard(*io);
             io->run();

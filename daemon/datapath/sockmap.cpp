@@ -156,6 +156,8 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
         out.map_full = ec.value() == E2BIG;
         return fail(ec, "SOCKHASH insert (client)");
     }
+    ++pair.entries;
+    entries_.fetch_add(1, std::memory_order_relaxed);
     fd64 = static_cast<std::uint64_t>(upstream_fd);
     if (int r = bpf_map_update_elem(hash, &pair.upstream_cookie, &fd64, BPF_NOEXIST); r != 0) {
         auto ec = sockhash_error(r, upstream_fd);
@@ -165,6 +167,8 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
         out.map_full = ec.value() == E2BIG;
         return fail(ec, "SOCKHASH insert (upstream)");
     }
+    ++pair.entries;
+    entries_.fetch_add(1, std::memory_order_relaxed);
     // Only now, with both sockets in: a send buffer set by hand stays fixed for the socket's life
     // (no autotuning after SO_SNDBUF), so a pair refused above keeps the size splice and copy want.
     // Still gated: no redirect has run, so none was sent with the smaller buffer.
@@ -182,7 +186,9 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
     return out;
 }
 
-void sockmap_engine::remove(const sockmap_pair& pair) {
+void sockmap_engine::remove(sockmap_pair& pair) {
+    entries_.fetch_sub(pair.entries, std::memory_order_relaxed);
+    pair.entries = 0;
     int hash = sockhash_fd();
     int peers = peers_fd();
     int budget = budget_fd();

@@ -3,6 +3,7 @@
 
 #include "splice_abi.h"
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -21,6 +22,8 @@ struct sockmap_pair {
     // tcpi_bytes_acked counts its SYN).
     std::uint64_t client_queued_base = 0;
     std::uint64_t upstream_queued_base = 0;
+    // SOCKHASH entries this pair added and has not yet given back (for sockmap_entries).
+    unsigned entries = 0;
 };
 
 struct insert_outcome {
@@ -66,7 +69,10 @@ public:
     // peer map refuses the first entry, so no socket enters the SOCKHASH (map_full, splice).
     insert_outcome insert(int client_fd, int upstream_fd);
     // Deletes both sockets' SOCKHASH, peer and budget entries (idempotent).
-    void remove(const sockmap_pair& pair);
+    void remove(sockmap_pair& pair);
+    // SOCKHASH entries held by pairs not yet removed (a closed socket's entry the kernel dropped
+    // counts until its pair is removed).
+    std::int64_t entries() const { return entries_.load(std::memory_order_relaxed); }
 
     // Bytes the verdict has redirected from the socket with this cookie to its peer so far.
     std::error_code redirected(std::uint64_t cookie, std::uint64_t& out) const;
@@ -86,6 +92,7 @@ private:
     splice_bpf* skel_ = nullptr;
     int ncpus_ = 1;
     std::uint32_t capacity_ = default_capacity;
+    std::atomic<std::int64_t> entries_{0};
 };
 
 }  // namespace spliced::datapath

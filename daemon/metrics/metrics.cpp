@@ -1,6 +1,7 @@
 // Prometheus metrics: the one table of spliced_* families, per-route handles, and the /metrics endpoint.
 #include "metrics/metrics.hpp"
 
+#include "metrics/process.hpp"
 #include "proxy/proxy_protocol.hpp"
 
 #include <chrono>
@@ -9,6 +10,7 @@
 #include <prometheus/counter.h>
 #include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 #include <stdexcept>
 
@@ -65,6 +67,15 @@ void route_metrics::no_backend_up() const { no_backend_up_total->Increment(); }
 
 void route_metrics::queue_timeout() const { queue_timeouts->Increment(); }
 
+void route_metrics::add_bytes(std::uint64_t in, std::uint64_t out) const {
+    if (in) bytes_in->Increment(static_cast<double>(in));
+    if (out) bytes_out->Increment(static_cast<double>(out));
+}
+
+void route_metrics::connection_ended(double seconds) const { duration->Observe(seconds); }
+
+void route_metrics::connected(double seconds) const { connect_time->Observe(seconds); }
+
 // Every spliced_* family, declared once.
 struct registry::families {
     prometheus::Family<prometheus::Counter>& connections_total;
@@ -81,6 +92,9 @@ struct registry::families {
     prometheus::Family<prometheus::Counter>& health_checks_total;
     prometheus::Family<prometheus::Counter>& route_no_backend_up_total;
     prometheus::Family<prometheus::Counter>& queue_timeouts_total;
+    prometheus::Family<prometheus::Counter>& bytes_total;
+    prometheus::Family<prometheus::Histogram>& connection_duration_seconds;
+    prometheus::Family<prometheus::Histogram>& upstream_connect_seconds;
     prometheus::Family<prometheus::Counter>& config_reloads_total;
     prometheus::Family<prometheus::Gauge>& config_last_reload_success_timestamp_seconds;
 
@@ -146,6 +160,19 @@ struct registry::families {
                                    .Help("Connections closed after waiting timeouts.queue for a backend slot (or "
                                          "a route place on a shared listen address)")
                                    .Register(r)),
+          bytes_total(prometheus::BuildCounter()
+                          .Name("spliced_bytes_total")
+                          .Help("Payload bytes received from clients (direction=in) and from backends (out); open "
+                                "connections are counted at least every 10 s")
+                          .Register(r)),
+          connection_duration_seconds(prometheus::BuildHistogram()
+                                          .Name("spliced_connection_duration_seconds")
+                                          .Help("How long client connections lasted, accept to close")
+                                          .Register(r)),
+          upstream_connect_seconds(prometheus::BuildHistogram()
+                                       .Name("spliced_upstream_connect_seconds")
+                                       .Help("How long successful backend connects took")
+                                       .Register(r)),
           config_reloads_total(prometheus::BuildCounter()
                                    .Name("spliced_config_reloads_total")
                                    .Help("Config reloads (SIGHUP), by result")
@@ -162,6 +189,7 @@ struct registry::sampled : prometheus::Collectable {
     struct entry {
         std::string name, help;
         std::function<double()> value;
+        prometheus::MetricType type = prometheus::MetricType::Counter;
     };
     mutable std::mutex mutex;
     std::vector<entry> entries;
@@ -173,9 +201,10 @@ struct registry::sampled : prometheus::Collectable {
             prometheus::MetricFamily f;
             f.name = e.name;
             f.help = e.help;
-            f.type = prometheus::MetricType::Counter;
+            f.type = e.type;
             prometheus::ClientMetric m;
-            m.counter.value = e.value();
+            if (e.type == prometheus::MetricType::Counter) m.counter.value = e.value();
+            else m.gauge.value = e.value();
             f.metric.push_back(std::move(m));
             out.push_back(std::move(f));
         }
@@ -186,7 +215,8 @@ struct registry::sampled : prometheus::Collectable {
 registry::registry()
     : registry_(std::make_shared<prometheus::Registry>()),
       families_(std::make_unique<families>(*registry_)),
-      sampled_(std::make_shared<sampled>()) {
+      sampled_(std::make_shared<sampled>()),
+      process_(make_process_collectable()) {
     families_->build_info.Add({{"version", SPLICED_VERSION}}).Set(1);
     families_->config_reloads_total.Add({{"result", "success"}});
     families_->config_reloads_total.Add({{"result", "failure"}});
@@ -232,6 +262,15 @@ route_metrics registry::add_route(const config::route& r) {
              &families_->health_checks_total.Add({{"route", r.name}, {"backend", b.addr.text}, {"result", "success"}})});
     }
     m.no_backend_up_total = &families_->route_no_backend_up_total.Add({{"route", r.name}});
+    m.bytes_in = &families_->bytes_total.Add({{"route", r.name}, {"direction", "in"}});
+    m.bytes_out = &families_->bytes_total.Add({{"route", r.name}, {"direction", "out"}});
+    m.duration = &families_->connection_duration_seconds.Add(
+        {{"route", r.name}},
+        prometheus::Histogram::BucketBoundaries{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400});
+    m.connect_time = &families_->upstream_connect_seconds.Add(
+        {{"route", r.name}},
+        prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                0.25, 0.5, 1, 2.5, 5});
     m.queue_timeouts = &families_->queue_timeouts_total.Add({{"route", r.name}});
     return m;
 }
@@ -243,6 +282,11 @@ listener_metrics registry::add_listener(const std::string& listen) {
 void registry::add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value) {
     std::lock_guard lock(sampled_->mutex);
     sampled_->entries.push_back({name, help, std::move(value)});
+}
+
+void registry::add_sampled_gauge(const std::string& name, const std::string& help, std::function<double()> value) {
+    std::lock_guard lock(sampled_->mutex);
+    sampled_->entries.push_back({name, help, std::move(value), prometheus::MetricType::Gauge});
 }
 
 void registry::serve(const config::address& listen) {
@@ -257,6 +301,7 @@ void registry::serve(const config::address& listen) {
     }
     exposer_->RegisterCollectable(registry_);
     exposer_->RegisterCollectable(sampled_);
+    exposer_->RegisterCollectable(process_);
 }
 
 void registry::stop_serving() { exposer_.reset(); }

@@ -14,6 +14,8 @@
 namespace prometheus {
 class Counter;
 class Gauge;
+class Histogram;
+class Collectable;
 class Registry;
 class Exposer;
 }  // namespace prometheus
@@ -52,6 +54,10 @@ struct route_metrics {
     std::vector<std::array<prometheus::Counter*, 2>> health_checks;  // [failure, success]
     prometheus::Counter* no_backend_up_total = nullptr;
     prometheus::Counter* queue_timeouts = nullptr;
+    prometheus::Counter* bytes_in = nullptr;   // payload from clients
+    prometheus::Counter* bytes_out = nullptr;  // payload from backends
+    prometheus::Histogram* duration = nullptr;
+    prometheus::Histogram* connect_time = nullptr;
 
     void connection_opened() const;
     void connection_handed_off(datapath::kind k) const;
@@ -65,6 +71,9 @@ struct route_metrics {
     void health_checked(std::size_t backend, bool passed) const;
     void no_backend_up() const;  // a connection found no backend up
     void queue_timeout() const;  // a connection waited timeouts.queue for a backend slot in vain
+    void add_bytes(std::uint64_t in, std::uint64_t out) const;
+    void connection_ended(double seconds) const;
+    void connected(double seconds) const;  // an upstream connect that succeeded, and how long it took
 };
 
 class registry {
@@ -78,8 +87,9 @@ public:
     // A config load: the start (success only) or a reload (SIGHUP), counted by result; a success also
     // sets the last-success timestamp.
     void config_loaded(bool reload, bool success);
-    // Exposes `value()` as a counter sampled at scrape time (e.g. BPF per-CPU sums).
+    // Exposes `value()` as a counter (or a gauge) sampled at scrape time (e.g. BPF per-CPU sums).
     void add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value);
+    void add_sampled_gauge(const std::string& name, const std::string& help, std::function<double()> value);
     // Serves GET /metrics on the address; throws std::runtime_error when it cannot bind.
     void serve(const config::address& listen);
     // Stops serving (joins the HTTP threads): first thing at stop, before anything a scrape reads goes.
@@ -92,6 +102,7 @@ private:
     std::unique_ptr<families> families_;
     struct sampled;
     std::shared_ptr<sampled> sampled_;
+    std::shared_ptr<prometheus::Collectable> process_;
 };
 
 }  // namespace spliced::metrics

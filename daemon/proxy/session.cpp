@@ -33,6 +33,10 @@ std::size_t session_registry::cut_all() {
     return n;
 }
 
+void session_registry::report_all() {
+    for (entry* e = head_; e; e = e->next_) e->report_bytes();
+}
+
 std::size_t session_registry::finish_all() {
     std::size_t n = 0;
     for (entry* e = head_; e; e = e->next_, ++n) e->finish_cut();
@@ -65,8 +69,10 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
         if (got.result != backend_pool::outcome::leased) break;
         const std::size_t index = got.slot.index();
         const auto& backend = pool.backend(index);
+        const auto started = std::chrono::steady_clock::now();
         auto outcome = co_await net::connect_upstream(backend.addr, route.cfg.timeouts.connect);
         if (outcome.socket) {
+            route.metrics.connected(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
             pool.connect_succeeded(index);
             slot = std::move(got.slot);
             co_return std::move(outcome.socket);
@@ -144,6 +150,9 @@ public:
         // While in the preamble or connecting: both end within their timeouts, and run() then sees cut_.
     }
     void finish_cut() override { finish(datapath::end_reason::shutdown, true); }
+    void report_bytes() override {
+        if (pair_ && !finished_) report_bytes_from(nullptr, nullptr);
+    }
 
 private:
     // Ends the connection once: closes both sockets (with a reset unless it completed) and writes its
@@ -152,6 +161,9 @@ private:
     // Ends a connection refused before it reached a backend; `end` names why in the access log.
     void refuse(const char* end, bool reset);
     bool trusted_source() const;
+    // Payload received from each side so far (TCP_INFO, or the stats given), less what was already
+    // added to the route's byte counters, is added now.
+    void report_bytes_from(const sys::tcp_stats* from_client, const sys::tcp_stats* from_upstream);
     // The client address source_hash keys on: the accepted PROXY header's source, else the socket's peer.
     client_key balance_key(const std::optional<proxy_header>& accepted) const;
     // A place of the route's max_connections, unless the accept loop took one: waits up to timeouts.queue.
@@ -170,6 +182,7 @@ private:
     admission* admitted_ = nullptr;  // the limit this connection holds a place of
     backend_pool::lease slot_;       // its place on the backend: active until the session ends
     std::size_t consumed_ = 0;       // bytes of the client's stream the preamble took (a PROXY header)
+    std::uint64_t reported_in_ = 0, reported_out_ = 0;  // already in spliced_bytes_total
     const char* refused_ = nullptr;  // the access log's `end` for a connection refused before a backend
     bool cut_ = false;
     bool finished_ = false;
@@ -183,6 +196,22 @@ bool session::trusted_source() const {
     for (const auto& net : listener_->trusted_proxies)
         if (net.contains(peer.data())) return true;
     return false;
+}
+
+void session::report_bytes_from(const sys::tcp_stats* from_client, const sys::tcp_stats* from_upstream) {
+    sys::tcp_stats c, u;
+    if (!from_client) {
+        if (sys::tcp_stats_of(client_.native_handle(), c) || sys::tcp_stats_of(upstream_.native_handle(), u)) return;
+        from_client = &c;
+        from_upstream = &u;
+    }
+    const std::uint64_t got = pair_->payload_received(client_, from_client->bytes_received);
+    const std::uint64_t in = got > consumed_ ? got - consumed_ : 0;
+    const std::uint64_t out = pair_->payload_received(upstream_, from_upstream->bytes_received);
+    // TCP_INFO counters only grow; max() keeps a late, smaller sample from counting backwards.
+    route_->metrics.add_bytes(in > reported_in_ ? in - reported_in_ : 0, out > reported_out_ ? out - reported_out_ : 0);
+    reported_in_ = std::max(reported_in_, in);
+    reported_out_ = std::max(reported_out_, out);
 }
 
 client_key session::balance_key(const std::optional<proxy_header>& accepted) const {
@@ -301,10 +330,14 @@ void session::finish(datapath::end_reason why, bool cut_short) {
     auto& p = pair_;
     const datapath::end_reason reason = p && !cut_short ? p->reason : why;
     sys::tcp_stats from_client, from_upstream;
-    if (env_.access_log && p) {  // payload byte counts, for the access log line
+    if (p) {  // payload byte counts, for the byte counters and the access log line
         sys::tcp_stats_of(client_.native_handle(), from_client);
         sys::tcp_stats_of(upstream_.native_handle(), from_upstream);
+        report_bytes_from(&from_client, &from_upstream);
     }
+    if (route_)
+        route_->metrics.connection_ended(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
     if (p && p->maps && env_.engine) {  // cut short while on sockmap
         env_.engine->remove(*p->maps);
         p->maps.reset();

@@ -49,6 +49,9 @@ public:
         virtual void cut() = 0;
         // The same, done at once: for sessions left when the worker has stopped and runs nothing.
         virtual void finish_cut() = 0;
+        // Adds the bytes moved since the last call to the route's byte counters (open connections
+        // are counted periodically, not only when they end).
+        virtual void report_bytes() = 0;
 
     protected:
         ~entry() = default;
@@ -64,6 +67,8 @@ public:
     std::size_t cut_all();
     // finish_cut() on every open session; returns how many there were.
     std::size_t finish_all();
+    // report_bytes() on every open session.
+    void report_all();
 
 private:
     entry* head_ = nullptr;

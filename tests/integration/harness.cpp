@@ -674,12 +674,23 @@ daemon_process::daemon_process(const std::string& binary, const std::string& con
         if (options.while_starting) std::this_thread::sleep_for(std::chrono::microseconds(200));
         if (poll(&p, 1, options.while_starting ? 0 : 100) == 1) {
             read_notifications();
-            if (std::find(notified_.begin(), notified_.end(), "READY=1") != notified_.end()) return;
+            if (std::find(notified_.begin(), notified_.end(), "READY=1") != notified_.end()) {
+                // Drained from now on, as systemd does: the socket queues only a few datagrams
+                // (net.unix.max_dgram_qlen), and a full queue blocks the daemon's sd_notify().
+                notify_reader_ = std::thread([this] {
+                    while (!stop_reading_.load()) {
+                        pollfd q{notify_.get(), POLLIN, 0};
+                        if (poll(&q, 1, 10) == 1) read_notifications();
+                    }
+                });
+                return;
+            }
         }
     }
 }
 
 void daemon_process::read_notifications() {
+    std::lock_guard lock(notify_mutex_);
     char buf[4096];
     for (;;) {
         ssize_t n = recv(notify_.get(), buf, sizeof buf, MSG_DONTWAIT);
@@ -693,10 +704,13 @@ void daemon_process::read_notifications() {
 
 std::vector<std::string> daemon_process::notifications() {
     read_notifications();
+    std::lock_guard lock(notify_mutex_);
     return notified_;
 }
 
 daemon_process::~daemon_process() {
+    stop_reading_ = true;
+    if (notify_reader_.joinable()) notify_reader_.join();
     if (pid_ > 0 && !exited_) {
         kill(pid_, SIGKILL);
         reap(true);

@@ -283,6 +283,9 @@ private:
     void read_notifications();
     unique_fd notify_;  // kept open like systemd's, so later notifications do not fail
     std::vector<std::string> notified_;
+    std::mutex notify_mutex_;
+    std::thread notify_reader_;  // drains the socket once the daemon is ready
+    std::atomic<bool> stop_reading_{false};
     pid_t pid_ = -1;
     bool exited_ = false;
     int wait_status_ = 0;
