@@ -17,6 +17,7 @@ a NOTIFY_SOCKET kept open here; every process is started here and stopped by its
     result="failure"; RELOADING=1 with MONOTONIC_USEC, then READY=1, for every reload.
  5. a new address that cannot be bound: nothing changes (the other edits of that file are not applied).
  6. SIGHUP during a drain is ignored: the draining connection runs on to its end.
+ 7. a backend's weight set to 0 by a reload takes no new connection; its open ones run on.
 """
 
 import argparse
@@ -444,6 +445,41 @@ def case_drain(w):
     return c
 
 
+def case_weight_zero(w):
+    c = Case("7. weight 0 by reload: the backend takes no new connection, its open ones run on")
+    print(c.title, flush=True)
+    e1, e2 = EchoServer("e1"), EchoServer("e2")
+    w.servers += [e1, e2]
+    (la,) = free_ports(1)
+
+    def conf(w1):
+        return (f"datapath: {w.datapath}\nworkers: 2\nlog:\n  level: info\n  access_log: stdout\nroutes:\n"
+                f"  - name: a\n    listen: \"{LO}:{la}\"\n    backends:\n"
+                f"      - {{ address: \"{LO}:{e1.port}\", weight: {w1} }}\n      - address: {LO}:{e2.port}\n")
+
+    d = Daemon(w, "weight-zero", conf(1))
+    held = []
+    while e1.accepted == 0 and len(held) < 4:  # round robin: one of the first two lands on e1
+        s = socket.create_connection((LO, la), timeout=5)
+        s.sendall(b"x")
+        s.recv(1)
+        held.append(s)
+    d.write(conf(0))
+    d.reload()
+    before1, before2 = e1.accepted, e2.accepted
+    problems = [p for p in (interop.plain_echo(la, None, 1000)[1] for _ in range(6)) if p]
+    c.check(not problems and e1.accepted == before1 and e2.accepted - before2 == 6,
+            f"after weight 0: {e1.accepted - before1} new connections to it, {e2.accepted - before2} to the other")
+    ok = True
+    for s in held:
+        s.sendall(b"still")
+        ok &= s.recv(16) == b"still"
+        s.close()
+    c.check(ok, f"its {len(held)} open connection(s) still echo")
+    d.close()
+    return c
+
+
 class World:
     pass
 
@@ -472,7 +508,8 @@ def main():
     print(f"reload: datapath={args.datapath} binary={w.binary} tmp={w.tmp}", flush=True)
     results = []
     try:
-        cases = [case_integrity, case_no_refusal, case_routes, case_broken, case_unbindable, case_drain]
+        cases = [case_integrity, case_no_refusal, case_routes, case_broken, case_unbindable, case_drain,
+                 case_weight_zero]
         for f in [f for i, f in enumerate(cases, 1) if not args.case or i in args.case]:
             started = time.monotonic()
             try:
