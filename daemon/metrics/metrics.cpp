@@ -1,6 +1,7 @@
 // Prometheus metrics: the one table of spliced_* families, per-route handles, and the /metrics endpoint.
 #include "metrics/metrics.hpp"
 
+#include "metrics/exposer.hpp"
 #include "metrics/process.hpp"
 #include "proxy/proxy_protocol.hpp"
 
@@ -8,10 +9,11 @@
 #include <mutex>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+#include <sstream>
 #include <stdexcept>
 
 namespace spliced::metrics {
@@ -290,18 +292,17 @@ void registry::add_sampled_gauge(const std::string& name, const std::string& hel
 }
 
 void registry::serve(const config::address& listen) {
-    // Several threads and a request timeout: one client that connects and says nothing holds a
-    // thread for at most the timeout, not every scrape for ever.
-    std::vector<std::string> options = {"listening_ports", listen.text, "num_threads", "4",
-                                        "request_timeout_ms", "5000"};
-    try {
-        exposer_ = std::make_unique<prometheus::Exposer>(std::move(options));
-    } catch (const std::exception& e) {
-        throw std::runtime_error("metrics: cannot listen on " + listen.text + ": " + e.what());
-    }
-    exposer_->RegisterCollectable(registry_);
-    exposer_->RegisterCollectable(sampled_);
-    exposer_->RegisterCollectable(process_);
+    // Serialized on the endpoint's thread at each scrape.
+    auto body = [registry = registry_, sampled = sampled_, process = process_] {
+        std::vector<prometheus::MetricFamily> families = registry->Collect();
+        const std::array<const prometheus::Collectable*, 2> more{sampled.get(), process.get()};
+        for (const auto* c : more)
+            for (auto& f : c->Collect()) families.push_back(std::move(f));
+        std::ostringstream out;
+        prometheus::TextSerializer().Serialize(out, families);
+        return out.str();
+    };
+    exposer_ = std::make_unique<exposer>(listen, std::move(body));
 }
 
 void registry::stop_serving() { exposer_.reset(); }

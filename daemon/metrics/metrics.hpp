@@ -17,10 +17,11 @@ class Gauge;
 class Histogram;
 class Collectable;
 class Registry;
-class Exposer;
 }  // namespace prometheus
 
 namespace spliced::metrics {
+
+class exposer;
 
 // Why an upstream connect failed (the `reason` label). `local`: spliced could not open the socket
 // (out of descriptors or socket memory) within the connect timeout; no backend was at fault.
@@ -97,7 +98,7 @@ public:
 
 private:
     std::shared_ptr<prometheus::Registry> registry_;
-    std::unique_ptr<prometheus::Exposer> exposer_;
+    std::unique_ptr<exposer> exposer_;
     struct families;
     std::unique_ptr<families> families_;
     struct sampled;

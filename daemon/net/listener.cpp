@@ -13,14 +13,14 @@
 
 namespace spliced::net {
 
-tcp::acceptor open_listener(asio::io_context& io, const config::address& addr) {
-    using reuse_port = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
+tcp::acceptor open_listener(asio::io_context& io, const config::address& addr, bool reuse_port) {
+    using reuse_port_option = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
     auto ep = to_endpoint(addr);
     tcp::acceptor acceptor(io);
     boost::system::error_code ec;
     acceptor.open(ep.protocol(), ec);
     if (!ec) acceptor.set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor.set_option(reuse_port(true), ec);
+    if (!ec && reuse_port) acceptor.set_option(reuse_port_option(true), ec);
     if (!ec && ep.address().is_v6()) acceptor.set_option(asio::ip::v6_only(true), ec);
     if (!ec) acceptor.bind(ep, ec);
     if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);

@@ -9,8 +9,9 @@
 
 namespace spliced::net {
 
-// Binds and listens on `addr` with SO_REUSEPORT; throws std::runtime_error naming the address.
-tcp::acceptor open_listener(asio::io_context& io, const config::address& addr);
+// Binds and listens on `addr`, with SO_REUSEPORT unless `reuse_port` is false (one socket for the
+// address: a second binder fails); throws std::runtime_error naming the address.
+tcp::acceptor open_listener(asio::io_context& io, const config::address& addr, bool reuse_port = true);
 
 // A limit on open connections that accepting waits for (a route's max_connections).
 class admit_gate {
