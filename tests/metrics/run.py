@@ -17,27 +17,20 @@ splice, copy, auto); every process is started here and stopped by its PID. Cases
     returns spliced_connections_total for a route.
 """
 
-import argparse
 import json
 import os
-import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.request
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
-import run as interop  # noqa: E402  (the interop suite's process, log and echo helpers)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from blackbox import DATAPATHS as PATHS, interop, parse_samples  # noqa: E402
+import blackbox  # noqa: E402
 
 from run import Case, Failure, Procs, free_ports, wait_until, LO  # noqa: E402
-
-SKIP = 77
-PATHS = ("sockmap", "splice", "copy", "auto")
 
 
 def scrape_text(port):
@@ -46,20 +39,15 @@ def scrape_text(port):
 
 
 def samples(text):
-    out = []
-    for line in text.splitlines():
-        m = re.match(r'^(\w+)(?:\{(.*)\})? (\S+)$', line)
-        if m:
-            out.append((m.group(1), dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or "")), float(m.group(3))))
-    return out
+    return parse_samples(text)
 
 
 def value(text, name, **labels):
-    return sum(v for n, ls, v in samples(text) if n == name and all(ls.get(k) == x for k, x in labels.items()))
+    return blackbox.metric(parse_samples(text), name, **labels)
 
 
 def has(text, name, **labels):
-    return any(n == name and all(ls.get(k) == x for k, x in labels.items()) for n, ls, _ in samples(text))
+    return blackbox.has_series(parse_samples(text), name, **labels)
 
 
 class LongConnection:
@@ -241,71 +229,36 @@ def case_prometheus(w):
     return c
 
 
-class World:
-    pass
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--budget", type=float, default=90.0, help="seconds for the whole suite (default 90)")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("metrics: needs root (the sockmap route); skipped")
-        return SKIP
-    path = os.environ.get("PATH", "") + ":/usr/bin:/usr/sbin"
-    prometheus, promtool = shutil.which("prometheus", path=path), shutil.which("promtool", path=path)
-    if not prometheus or not promtool:
-        if os.environ.get("CI"):
-            print("metrics: FAIL: prometheus/promtool missing under CI (scripts/install-deps installs them)")
-            return 1
-        print("metrics: prometheus/promtool missing; skipped (apt-get install prometheus)")
-        return SKIP
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    interop.BUDGET = interop.Budget(args.budget)
-    w = World()
-    w.prometheus, w.promtool = prometheus, promtool
-    w.tmp = tempfile.mkdtemp(prefix="spliced-metrics-")
-    w.procs = Procs(w.tmp)
+    args = blackbox.arguments(__doc__, 90, per_datapath=False)
+    code, tools = blackbox.require("metrics", "the sockmap route", [("prometheus", "prometheus"),
+                                                                     ("promtool", "prometheus")])
+    if code is not None:
+        return code
+    w = blackbox.World("metrics", args.binary, None)
+    w.prometheus, w.promtool = tools["prometheus"], tools["promtool"]
+    w.procs = Procs(w.tmp)  # one daemon for all cases: stopped at the end, not after each case
+    w.cleanups.append(w.procs.stop_all)
     echo = interop.EchoServer("echo")
+    w.servers.append(echo)
     w.backend_addr = f"{LO}:{echo.port}"
-    print(f"metrics: binary={os.path.abspath(args.binary)} tmp={w.tmp}", flush=True)
-    results = []
+    ports = free_ports(len(PATHS) + 1)
+    w.mport, w.ports = ports[0], dict(zip(PATHS, ports[1:]))
+    conf = (f"workers: 2\nsockmap: {{ capacity: 4096 }}\nmetrics:\n  listen: {LO}:{w.mport}\n"
+            f"log: {{ level: info, access_log: stdout }}\nroutes:\n")
+    for p in PATHS:
+        conf += (f"  - name: r_{p}\n    listen: \"{LO}:{w.ports[p]}\"\n    datapath: {p}\n"
+                 f"    backends:\n      - address: {w.backend_addr}\n")
+    w.started = time.time()
+    interop.BUDGET = interop.Budget(args.budget)
     try:
-        ports = free_ports(len(PATHS) + 1)
-        w.mport, w.ports = ports[0], dict(zip(PATHS, ports[1:]))
-        conf = (f"workers: 2\nsockmap: {{ capacity: 4096 }}\nmetrics:\n  listen: {LO}:{w.mport}\n"
-                f"log: {{ level: info, access_log: stdout }}\nroutes:\n")
-        for p in PATHS:
-            conf += (f"  - name: r_{p}\n    listen: \"{LO}:{w.ports[p]}\"\n    datapath: {p}\n"
-                     f"    backends:\n      - address: {w.backend_addr}\n")
-        w.started = time.time()
-        interop.start_spliced(w.procs, os.path.abspath(args.binary), w.tmp, conf)
-        for f in (case_families, case_values, case_prometheus):
-            started = time.monotonic()
-            try:
-                ok = f(w).passed
-            except (Failure, OSError) as e:
-                print(f"    FAIL {e!r}", flush=True)
-                ok = False
-            print(f"    ({time.monotonic() - started:.1f} s)", flush=True)
-            results.append((f.__name__, ok))
-    finally:
+        interop.start_spliced(w.procs, w.binary, w.tmp, conf)
+    except Failure as e:
+        print(f"metrics: FAIL: spliced did not start: {e}")
         w.procs.stop_all()
         echo.close()
-    failed = [n for n, ok in results if not ok]
-    print(f"metrics: {len(results) - len(failed)} passed, {len(failed)} failed"
-          + (f": {', '.join(failed)}" if failed else "") + f" in {interop.BUDGET.elapsed():.1f} s", flush=True)
-    if failed or args.keep:
-        print(f"logs kept in {w.tmp}")
-    else:
-        shutil.rmtree(w.tmp, ignore_errors=True)
-    return 1 if failed else 0
+        return 1
+    return blackbox.run_cases(w, [case_families, case_values, case_prometheus], args)
 
 
 if __name__ == "__main__":

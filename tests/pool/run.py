@@ -26,25 +26,20 @@ started here and stopped by its PID. Cases:
  6. hostnames: a backend hostname from /etc/hosts with two addresses becomes two backends.
 """
 
-import argparse
 import os
 import random
 import re
-import shutil
-import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
-import run as interop  # noqa: E402  (the interop suite's process, log and echo helpers)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from blackbox import interop, metric, scrape  # noqa: E402
+import blackbox  # noqa: E402
 
 from run import Case, Failure, Procs, free_ports, wait_until, LO  # noqa: E402
-
-SKIP = 77
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -126,34 +121,6 @@ def start_daemon(w, name, datapath, routes, metrics_port=None):
         conf += f"metrics:\n  listen: {LO}:{metrics_port}\n"
     conf += "routes:\n" + routes
     return procs, interop.start_spliced(procs, w.binary, tmp, conf)
-
-
-def scrape(port):
-    """{(name, frozenset(labels)): value} from spliced's /metrics."""
-    s = socket.create_connection((LO, port), timeout=5)
-    try:
-        s.sendall(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        data = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            data += b
-    finally:
-        s.close()
-    out = {}
-    for line in data.decode().split("\r\n\r\n", 1)[-1].splitlines():
-        m = re.match(r'^(\w+)(?:\{(.*)\})? (\S+)$', line)
-        if m:
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            out[(m.group(1), labels)] = float(m.group(3))
-    return out
-
-
-def metric(port, name, **labels):
-    """The sum of `name` over series whose labels include `labels`."""
-    want = set(labels.items())
-    return sum(v for (n, ls), v in scrape(port).items() if n == name and want <= set(ls))
 
 
 def backends_used(procs, route, since=0):
@@ -623,7 +590,7 @@ def case_hostnames(w):
     problems = [p for p in (echo_once(listen) for _ in range(10)) if p]
     c.check(not problems and s7.accepted == 5 and s8.accepted == 5,
             f"{name} (127.0.0.7 and 127.0.0.8) over 10 connections: {s7.accepted} / {s8.accepted}")
-    series = sorted(dict(ls)["backend"] for (n, ls), _ in scrape(mport).items() if n == "spliced_backend_up")
+    series = sorted(ls["backend"] for n, ls, _ in scrape(mport) if n == "spliced_backend_up")
     c.check(series == [s7.address, s8.address], f"per-backend series are keyed by address, in order: {series}")
     return c
 
@@ -638,77 +605,16 @@ def remove_hosts_entries():
 # ---------------------------------------------------------------------------------------------------
 
 
-class World:
-    pass
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--datapath", required=True, choices=["sockmap", "splice", "copy", "auto"])
-    ap.add_argument("--budget", type=float, default=90.0, help="seconds for the whole suite (default 90)")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
-    ap.add_argument("--case", type=int, action="append", help="run only case N (repeatable)")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("pool: needs root (127.0.0.x sources, a network namespace, spliced's sockmap path); skipped")
-        return SKIP
-    redis = shutil.which("redis-server", path=os.environ.get("PATH", "") + ":/usr/bin:/usr/sbin")
-    if not redis:
-        if os.environ.get("CI"):
-            print("pool: FAIL: redis-server missing under CI (scripts/install-deps installs it)")
-            return 1
-        print("pool: redis-server missing; skipped (apt-get install redis-server)")
-        return SKIP
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    interop.BUDGET = interop.Budget(args.budget)
-    w = World()
-    w.binary, w.datapath, w.redis = os.path.abspath(args.binary), args.datapath, redis
-    w.tmp = tempfile.mkdtemp(prefix="spliced-pool-")
-    w.all_procs, w.servers, w.cleanups = [], [], []
-    print(f"pool: datapath={args.datapath} binary={w.binary} tmp={w.tmp}", flush=True)
-    results = []
-    try:
-        cases = [case_balancers, case_health, case_all_down, case_passive, case_limits, case_hostnames]
-        for f in [f for i, f in enumerate(cases, 1) if not args.case or i in args.case]:
-            started = time.monotonic()
-            try:
-                ok = f(w).passed
-            except Failure as e:
-                print(f"    FAIL {e}", flush=True)
-                ok = False
-            print(f"    ({time.monotonic() - started:.1f} s)", flush=True)
-            if not ok:
-                for procs in w.all_procs[-1:]:
-                    print("    spliced log tail:\n" + "\n".join("    | " + l for l in
-                                                              interop.tail(daemon_log(procs), 15).splitlines()),
-                          flush=True)
-            results.append((f.__name__, ok))
-            for procs in w.all_procs:
-                procs.stop_all()
-    finally:
-        for procs in w.all_procs:
-            procs.stop_all()
-        for s in w.servers:
-            s.close()
-        for cleanup in w.cleanups:
-            try:
-                cleanup()
-            except Exception as e:  # noqa: BLE001 - report and go on with the rest
-                print(f"cleanup failed: {e!r}", flush=True)
-    passed = sum(ok for _, ok in results)
-    failed = [n for n, ok in results if not ok]
-    print(f"pool: {passed} passed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else "")
-          + f" in {interop.BUDGET.elapsed():.1f} s", flush=True)
-    if failed or args.keep:
-        print(f"logs kept in {w.tmp}")
-    else:
-        shutil.rmtree(w.tmp, ignore_errors=True)
-    return 1 if failed else 0
+    args = blackbox.arguments(__doc__, 90)
+    code, tools = blackbox.require("pool", "127.0.0.x sources, a network namespace, spliced's sockmap path",
+                                   [("redis-server", "redis-server")])
+    if code is not None:
+        return code
+    w = blackbox.World("pool", args.binary, args.datapath)
+    w.redis = tools["redis-server"]
+    return blackbox.run_cases(w, [case_balancers, case_health, case_all_down, case_passive, case_limits,
+                                  case_hostnames], args)
 
 
 if __name__ == "__main__":

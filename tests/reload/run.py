@@ -20,25 +20,21 @@ a NOTIFY_SOCKET kept open here; every process is started here and stopped by its
  7. a backend's weight set to 0 by a reload takes no new connection; its open ones run on.
 """
 
-import argparse
 import hashlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "interop"))
-import run as interop  # noqa: E402  (the interop suite's process, log and echo helpers)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+from blackbox import interop, metric  # noqa: E402
+import blackbox  # noqa: E402
 
 from run import Case, Failure, Procs, free_ports, wait_until, LO  # noqa: E402
-
-SKIP = 77
 
 
 class EchoServer(interop.EchoServer):
@@ -99,27 +95,6 @@ class Daemon:
 
     def log(self):
         return self.procs.out("spliced") + self.procs.err("spliced")
-
-    def metric(self, port, name, **labels):
-        s = socket.create_connection((LO, port), timeout=5)
-        try:
-            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-            data = b""
-            while True:
-                b = s.recv(65536)
-                if not b:
-                    break
-                data += b
-        finally:
-            s.close()
-        total = 0.0
-        for line in data.decode().splitlines():
-            m = re.match(r'^(\w+)(?:\{(.*)\})? (\S+)$', line)
-            if m and m.group(1) == name:
-                ls = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-                if all(ls.get(k) == v for k, v in labels.items()):
-                    total += float(m.group(3))
-        return total
 
     def sockhash_ids(self):
         """The ids of the BPF maps named like the SOCKHASH that the daemon holds."""
@@ -372,7 +347,7 @@ def case_broken(w):
             + (m.group(0) if m else "(no such line)"))
     _, p = interop.plain_echo(la, None, 1000)
     c.check(p is None, "the old config keeps serving" + (f": {p}" if p else ""))
-    failures = d.metric(mport, "spliced_config_reloads_total", result="failure")
+    failures = metric(mport, "spliced_config_reloads_total", result="failure")
     c.check(failures == 1, f"spliced_config_reloads_total{{result=\"failure\"}} = {failures:.0f}")
     msgs = "\n".join(d.messages).split("\n")
     usec = next((int(x.split("=", 1)[1]) for x in msgs if x.startswith("MONOTONIC_USEC=")), None)
@@ -381,8 +356,8 @@ def case_broken(w):
             f"notifications: {[m for m in msgs if m]} (MONOTONIC_USEC within the SIGHUP's window)")
     d.write(good)
     d.reload()
-    ok = d.metric(mport, "spliced_config_reloads_total", result="success")
-    stamp = d.metric(mport, "spliced_config_last_reload_success_timestamp_seconds")
+    ok = metric(mport, "spliced_config_reloads_total", result="success")
+    stamp = metric(mport, "spliced_config_last_reload_success_timestamp_seconds")
     c.check(ok == 1 and abs(stamp - time.time()) < 30, f"a good file again: success = {ok:.0f}, last success "
             f"timestamp {stamp:.0f}")
     d.close()
@@ -407,7 +382,7 @@ def case_unbindable(w):
             f"of 3 to the new one)")
     c.check(re.search(r"reload failed, the running config stays: cannot listen on 127\.0\.0\.1:%d" % lbusy, d.log()),
             "the failure names the address")
-    c.check(d.metric(mport, "spliced_config_reloads_total", result="failure") == 1, "counted as a failure")
+    c.check(metric(mport, "spliced_config_reloads_total", result="failure") == 1, "counted as a failure")
     squatter.close()
     d.close()
     return c
@@ -480,64 +455,14 @@ def case_weight_zero(w):
     return c
 
 
-class World:
-    pass
-
-
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--binary", required=True)
-    ap.add_argument("--datapath", required=True, choices=["sockmap", "splice", "copy", "auto"])
-    ap.add_argument("--budget", type=float, default=120.0, help="seconds for the whole suite (default 120)")
-    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
-    ap.add_argument("--case", type=int, action="append", help="run only case N (repeatable)")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("reload: needs root (spliced's sockmap path, its BPF maps); skipped")
-        return SKIP
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_signal)
-    interop.BUDGET = interop.Budget(args.budget)
-    w = World()
-    w.binary, w.datapath = os.path.abspath(args.binary), args.datapath
-    w.tmp = tempfile.mkdtemp(prefix="spliced-reload-")
-    w.all_procs, w.servers = [], []
-    print(f"reload: datapath={args.datapath} binary={w.binary} tmp={w.tmp}", flush=True)
-    results = []
-    try:
-        cases = [case_integrity, case_no_refusal, case_routes, case_broken, case_unbindable, case_drain,
-                 case_weight_zero]
-        for f in [f for i, f in enumerate(cases, 1) if not args.case or i in args.case]:
-            started = time.monotonic()
-            try:
-                ok = f(w).passed
-            except (Failure, OSError) as e:
-                print(f"    FAIL {e!r}", flush=True)
-                ok = False
-            print(f"    ({time.monotonic() - started:.1f} s)", flush=True)
-            if not ok and w.all_procs:
-                p = w.all_procs[-1]
-                print("    spliced log tail:\n" + "\n".join(
-                    "    | " + l for l in interop.tail(p.out("spliced") + p.err("spliced"), 15).splitlines()), flush=True)
-            results.append((f.__name__, ok))
-            for procs in w.all_procs:
-                procs.stop_all()
-    finally:
-        for procs in w.all_procs:
-            procs.stop_all()
-        for s in w.servers:
-            s.close()
-    failed = [n for n, ok in results if not ok]
-    print(f"reload: {len(results) - len(failed)} passed, {len(failed)} failed"
-          + (f": {', '.join(failed)}" if failed else "") + f" in {interop.BUDGET.elapsed():.1f} s", flush=True)
-    if failed or args.keep:
-        print(f"logs kept in {w.tmp}")
-    else:
-        shutil.rmtree(w.tmp, ignore_errors=True)
-    return 1 if failed else 0
+    args = blackbox.arguments(__doc__, 120)
+    code, _ = blackbox.require("reload", "spliced's sockmap path, its BPF maps")
+    if code is not None:
+        return code
+    w = blackbox.World("reload", args.binary, args.datapath)
+    return blackbox.run_cases(w, [case_integrity, case_no_refusal, case_routes, case_broken, case_unbindable,
+                                  case_drain, case_weight_zero], args)
 
 
 if __name__ == "__main__":
