@@ -127,6 +127,8 @@ struct app::impl {
     std::shared_ptr<spdlog::logger> access_log;
     generation current;
     bool draining = false;
+    bool reload_wanted = false;  // a SIGHUP came in that no reload has served yet
+    bool reloading = false;      // reload_loop() runs
     std::atomic<long> active{0};
     std::atomic<std::uint64_t> next_id{1};
     std::vector<std::unique_ptr<worker>> workers;  // destroyed first: the sessions use everything above
@@ -145,6 +147,7 @@ struct app::impl {
     void open_listeners();
     void start_health_checks(const generation& g);
     void spawn_accept_loop(worker& w, const std::shared_ptr<listener_slot>& slot);
+    net::awaitable<void> reload_loop();
     net::awaitable<void> reload();
     // Puts `next` in place of the running config; throws (having changed nothing) when it cannot.
     net::awaitable<void> apply(config::config next);
@@ -393,8 +396,9 @@ net::awaitable<void> app::impl::serve_signals() {
         auto [ec, sig] = co_await signals.async_wait(net::use_tuple);
         if (ec) co_return;
         if (sig == SIGHUP) {
-            // SIGHUPs that arrive meanwhile wait in the signal set: one more reload after this one.
-            co_await reload();
+            // SIGHUPs that arrive during a reload make one more after it, however many they are.
+            reload_wanted = true;
+            if (!reloading) net::asio::co_spawn(main_io, reload_loop(), net::asio::detached);
             continue;
         }
         draining = true;
@@ -413,6 +417,15 @@ net::awaitable<void> app::impl::serve_signals() {
     }
 }
 
+net::awaitable<void> app::impl::reload_loop() {
+    reloading = true;
+    while (reload_wanted && !draining) {
+        reload_wanted = false;
+        co_await reload();
+    }
+    reloading = false;
+}
+
 net::awaitable<void> app::impl::reload() {
     sys::notify("RELOADING=1\nMONOTONIC_USEC=" + monotonic_usec());
     spdlog::info("SIGHUP: reloading {}", cfg.source);
@@ -429,7 +442,7 @@ net::awaitable<void> app::impl::reload() {
         spdlog::info("reload done in {} ms: {} route(s) on {} listen address(es)",
                      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count(),
                      current.routes.size(), current.listeners.size());
-    sys::notify("READY=1\nSTATUS=serving");
+    if (!draining) sys::notify("READY=1\nSTATUS=serving");  // else STOPPING=1 has been said since
 }
 
 net::awaitable<void> app::impl::apply(config::config next) {

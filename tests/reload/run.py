@@ -357,6 +357,12 @@ def case_broken(w):
     d.write(good)
     d.reload()
     ok = metric(mport, "spliced_config_reloads_total", result="success")
+    # A burst of SIGHUPs: the ones that come during a reload make one more reload after it, not one each.
+    for _ in range(10):
+        d.proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    burst = metric(mport, "spliced_config_reloads_total", result="success") - ok
+    c.check(1 <= burst <= 5, f"10 SIGHUPs at once are coalesced: {burst:.0f} reloads")
     stamp = metric(mport, "spliced_config_last_reload_success_timestamp_seconds")
     c.check(ok == 1 and abs(stamp - time.time()) < 30, f"a good file again: success = {ok:.0f}, last success "
             f"timestamp {stamp:.0f}")
