@@ -16,6 +16,7 @@
 #include <optional>
 #include <poll.h>
 #include <sstream>
+#include <string_view>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -438,7 +439,8 @@ TEST_CASE("out of descriptors, spliced pauses accepting without spinning, keeps 
     std::vector<unique_fd> scrapers;
     for (int i = 0; i < 3; ++i) {
         scrapers.push_back(connect_tcp("127.0.0.1", d.metrics_port(), 5s));
-        send_all(scrapers.back().get(), "GET /metrics HTTP/1.0\r\n\r\n", 27);
+        constexpr std::string_view request = "GET /metrics HTTP/1.0\r\n\r\n";
+        send_all(scrapers.back().get(), request.data(), request.size());
     }
     // The burst, with nothing to spare after the first few.
     echo_traffic traffic(held);
