@@ -18,7 +18,6 @@ backend_pool::lease& backend_pool::lease::operator=(lease&& o) noexcept {
 
 void backend_pool::lease::reset() {
     if (auto p = std::move(pool_)) p->release(index_);
-    pool_.reset();
 }
 
 backend_pool::backend_pool(const config::route& route, const metrics::route_metrics& metrics,
@@ -74,7 +73,8 @@ void backend_pool::publish(std::size_t index) {
 backend_pool::choice backend_pool::choose_locked(waiter& w) {
     const auto now = clock::now();
     bool any_up = false;
-    std::vector<bool> up(backends_.size());
+    auto& up = up_scratch_;
+    up.assign(backends_.size(), false);
     for (std::size_t i = 0; i < backends_.size(); ++i) {
         up[i] = up_now(i, now);
         any_up |= backends_[i].weight > 0 && up[i];

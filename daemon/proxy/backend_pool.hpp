@@ -115,7 +115,8 @@ private:
     mutable std::mutex mutex_;  // the balancer, the queue; taken before a backend's state mutex
     std::unique_ptr<balancer> balancer_;
     std::deque<std::shared_ptr<waiter>> queue_;
-    std::vector<candidate> scratch_;
+    std::vector<candidate> scratch_;  // choose_locked()'s, kept to spare an allocation per connection
+    std::vector<bool> up_scratch_;
 };
 
 }  // namespace spliced::proxy

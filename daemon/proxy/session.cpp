@@ -8,8 +8,8 @@
 #include "sys/socket.hpp"
 
 #include <cstring>
-#include <random>
 #include <optional>
+#include <random>
 
 namespace spliced::proxy {
 
