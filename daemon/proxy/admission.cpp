@@ -11,15 +11,15 @@ bool admission::try_admit() {
 }
 
 void admission::set_limit(std::uint32_t limit) {
-    const bool raised = limit > limit_.exchange(limit, std::memory_order_relaxed);
-    if (raised) {
-        open_.fetch_add(1, std::memory_order_relaxed);
-        release();  // wakes those waiting for room
-    }
+    if (limit > limit_.exchange(limit, std::memory_order_relaxed)) wake_waiting();  // room for those waiting
 }
 
 void admission::release() {
     open_.fetch_sub(1, std::memory_order_acq_rel);
+    wake_waiting();
+}
+
+void admission::wake_waiting() {
     std::vector<std::shared_ptr<net::wakeup>> wake;
     {
         std::lock_guard lock(mutex_);

@@ -28,6 +28,8 @@ public:
     void set_limit(std::uint32_t limit);
 
 private:
+    // Wakes every wait_for_room() (under mutex_ for the list; see wait_for_room()).
+    void wake_waiting();
     std::atomic<std::uint32_t> limit_;
     std::atomic<std::uint32_t> open_{0};
     std::mutex mutex_;
