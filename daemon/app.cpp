@@ -12,10 +12,12 @@
 #include "proxy/route_table.hpp"
 #include "proxy/session.hpp"
 #include "sys/notify.hpp"
+#include "sys/signals.hpp"
 #include "sys/socket.hpp"
 
 #include <algorithm>
 #include <csignal>
+#include <cstring>
 #include <ctime>
 #include <map>
 #include <cstdlib>
@@ -136,7 +138,12 @@ struct app::impl {
     // Made before READY=1 is sent, so that from then on every signal is handled.
     net::asio::signal_set signals{main_io, SIGTERM, SIGINT, SIGHUP};
 
-    explicit impl(config::config c) : cfg(std::move(c)) {}
+    explicit impl(config::config c) : cfg(std::move(c)) {
+        // From here on a signal runs Asio's handler; without SA_RESTART it would fail whatever blocking call it
+        // interrupts with EINTR: the probe's self-test connect() (auto then falls back to splice), a log write.
+        if (!sys::restart_interrupted_calls({SIGTERM, SIGINT, SIGHUP}))
+            spdlog::warn("cannot set SA_RESTART on the signal handlers: {}", std::strerror(errno));
+    }
 
     datapath::kind resolve(const config::route& r) const;
     void probe();

@@ -40,11 +40,16 @@ constexpr auto step_budget = std::chrono::seconds(2);
 
 std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
 
+// poll() is never restarted after a signal handler (SA_RESTART or not): a SIGHUP at startup must not fail the test.
 bool wait_fd(int fd, short events, clock::time_point deadline) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
-    if (left <= 0) return false;
-    pollfd p{fd, events, 0};
-    return ::poll(&p, 1, static_cast<int>(left)) > 0;
+    for (;;) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock::now()).count();
+        if (left <= 0) return false;
+        pollfd p{fd, events, 0};
+        int n = ::poll(&p, 1, static_cast<int>(left));
+        if (n < 0 && errno == EINTR) continue;
+        return n > 0;
+    }
 }
 
 // Reads exactly `n` bytes (or until EOF when n == 0 and expect_eof) within the budget.
