@@ -229,15 +229,14 @@ generation app::impl::build(const config::config& c, bool log_plans) {
             why = report ? report->summary : "sockmap not probed at start";
         else
             why = std::string("configured ") + config::to_string(r.datapath);
-        // auto with sockmap usable: start each connection on splice, move it to sockmap once it
-        // is not a bulk transfer (short and bulk connections do better on splice, the rest on sockmap).
+        // auto with sockmap usable: start each connection on splice, move it to sockmap once it is
+        // idle (short, bulk and busy request/response connections do better on splice).
         const bool promote = r.datapath == config::datapath_kind::auto_select && k == datapath::kind::sockmap &&
                              datapath::splice_available();
         if (promote) {
             k = datapath::kind::splice;
             if (log_plans)
-                spdlog::info("route {}: datapath auto: splice first, then sockmap for connections that are not bulk "
-                             "transfers ({})",
+                spdlog::info("route {}: datapath auto: splice first, then sockmap for connections that go idle ({})",
                              r.name, why);
         } else if (log_plans) {
             spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);

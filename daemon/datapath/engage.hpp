@@ -18,7 +18,7 @@ class sockmap_engine;
 // What a route's connections run on, decided at startup.
 struct plan {
     kind path = kind::copy;           // sockmap, splice or copy
-    bool promote_to_sockmap = false;  // auto with sockmap usable: splice first, then sockmap when not bulk
+    bool promote_to_sockmap = false;  // auto with sockmap usable: splice first, then sockmap once idle
 };
 
 // Hands the pair to its data path and runs it until both directions end or the pair aborts: on

@@ -163,26 +163,26 @@ bool receive_queues_empty(pair_state& p) {
     return a == 0 && b == 0;
 }
 
-// Samples the pair; ends (the pair's `||` then stops the directions) once it moved less than a bulk
-// transfer would and both directions are parked.
+// Samples the pair; ends (the pair's `||` then stops the directions) once it has been idle -- no byte
+// either way for `idle_before_move` -- with both directions parked.
+//
+// Only idle pairs move: the sockmap path's egress redirect hands every skb to a kworker
+// (sk_psock_backlog), which per small message costs about twice the kernel CPU of splice and an extra
+// scheduling hop, so request/response traffic (keep-alive HTTP, redis, database pools) and bulk
+// transfers are better off where they are. An idle pair gains from the move: it holds no pipes and
+// wakes nothing in userspace, and a later sporadic message takes the short hop.
 net::awaitable<void> promoter(pair_state& p, const direction_probe& forward, const direction_probe& backward) {
     using namespace std::chrono_literals;
-    using clock = std::chrono::steady_clock;
-    // A connection that moves less than this (8 MiB/s) is not a bulk transfer: the sockmap path's
-    // lower hop latency matters more to it than splice's bulk throughput, and an idle connection
-    // there holds no pipes. Short connections end before the first tick.
-    constexpr auto tick = 20ms;
-    constexpr std::uint64_t bulk_bytes_per_second = 8 << 20;
-    // A quiet pair whose directions are not parked is blocked on a slow receiver, which can last:
+    constexpr auto tick = 100ms;
+    constexpr int idle_ticks_before_move = 2;  // idle for 200..300 ms; short connections end before that
+    // An idle pair whose directions are not parked is blocked on a slow receiver, which can last:
     // look again less and less often, up to this.
     constexpr auto blocked_backoff_max = 1000ms;
     net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
     auto total = [&] { return p.written_to_client + p.written_to_upstream; };
     std::uint64_t last = total();
-    auto last_at = clock::now();
     std::chrono::milliseconds wait = tick, blocked_wait = tick;
-    bool quiet = false, retrying = false;
-    int retries = 0;
+    int idle_ticks = 0, retries = 0;
     for (;;) {
         timer.expires_after(wait);
         auto [ec] = co_await timer.async_wait(net::use_tuple);
@@ -193,31 +193,31 @@ net::awaitable<void> promoter(pair_state& p, const direction_probe& forward, con
             co_await timer.async_wait(net::use_tuple);
             co_return;
         }
-        if (!retrying) {
-            const std::uint64_t now_total = total();
-            const auto now = clock::now();
-            const auto elapsed = std::chrono::duration_cast<std::chrono::microseconds>(now - last_at).count();
-            quiet = (now_total - last) * 1'000'000 < bulk_bytes_per_second * static_cast<std::uint64_t>(elapsed);
-            last = now_total;
-            last_at = now;
+        const std::uint64_t now_total = total();
+        if (now_total != last) {
+            idle_ticks = 0;
             retries = 0;
+        } else if (retries == 0) {
+            ++idle_ticks;
         }
+        last = now_total;
         const bool parked = forward.parked && backward.parked;
-        if (quiet && parked && receive_queues_empty(p)) {
+        const bool idle = idle_ticks >= idle_ticks_before_move;
+        if (idle && parked && receive_queues_empty(p)) {
             p.promoting = true;
             boost::system::error_code ignored;
             p.client.cancel(ignored);  // wakes both parked reads; they stop without reading
             p.upstream.cancel(ignored);
             co_return;
         }
-        // Quiet and parked, but bytes are on their way through: look again soon, a few times.
-        retrying = quiet && parked && ++retries < 10;
-        if (retrying) {
-            wait = 1ms;
-        } else if (quiet && !parked) {
+        if (idle && parked && ++retries < 10) {
+            wait = 1ms;  // parked, but bytes are on their way through: look again soon, a few times
+        } else if (idle && !parked) {
+            retries = 0;
             blocked_wait = std::min<std::chrono::milliseconds>(blocked_wait * 2, blocked_backoff_max);
             wait = blocked_wait;
         } else {
+            retries = 0;
             blocked_wait = tick;
             wait = tick;
         }

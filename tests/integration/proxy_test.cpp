@@ -29,7 +29,7 @@ constexpr std::size_t MiB = 1024 * KiB;
 
 const std::string& datapath() { return settings().datapath; }
 // The path connections are handed to first: auto starts every connection on splice (and moves the ones that
-// are not bulk transfers to sockmap later, counted in spliced_sockmap_promotions_total).
+// go idle to sockmap later, counted in spliced_sockmap_promotions_total).
 std::string handoff_path() { return datapath() == "auto" ? "splice" : datapath(); }
 // The daemon holds the BPF maps: sockmap, and auto (sockmap is usable on the machines the suite runs on as root).
 bool uses_maps() { return datapath() == "sockmap" || datapath() == "auto"; }
@@ -995,6 +995,51 @@ TEST_CASE("a connection that turns quiet after a bulk start keeps every byte in 
     const std::string used = at == std::string::npos ? "" : line.substr(at + 10, line.find(' ', at + 10) - at - 10);
     const std::string want = datapath() == "auto" ? "splice+sockmap" : datapath();
     CHECK((used == want || (uses_maps() && used == want + "+copy")));
+}
+
+TEST_CASE("on auto a busy request/response connection stays on splice however small its messages, and moves to "
+          "sockmap once it goes idle",
+          "[proxy][promotion]") {
+    ANNOUNCE_DATAPATH();
+    if (datapath() != "auto") {
+        std::cout << "  promotion is auto's: nothing to check on " << datapath() << std::endl;
+        return;
+    }
+    auto& px = proxy();
+    auto promotions = [&] { return px.metrics().sum("spliced_sockmap_promotions_total", {{"route", "echo"}}); };
+    const double promoted_before = promotions();
+    auto fd = px.connect("echo", 20s);
+    payload p(0x5e5e);
+    std::uint64_t off = 0;
+    // Keep-alive request/response: 64 B requests, each answered, back to back and with 2 ms pauses, for 1.5 s --
+    // far under any bulk rate, never silent long. The sockmap redirect would cost each of them a kworker hop.
+    const auto busy_until = clock::now() + 1500ms;
+    int exchanges = 0;
+    while (clock::now() < busy_until) {
+        auto out = p.bytes(off, 64);
+        REQUIRE(send_all(fd.get(), out.data(), out.size()));
+        std::vector<std::uint8_t> back(64);
+        REQUIRE(recv_exact(fd.get(), back.data(), 64) == 64);
+        REQUIRE(back == out);
+        off += 64;
+        if (++exchanges % 2 == 0) std::this_thread::sleep_for(2ms);
+    }
+    const double while_busy = promotions() - promoted_before;
+    INFO(exchanges << " exchanges in 1.5 s");
+    CHECK(while_busy == 0);
+    // Silent both ways: moved within a second.
+    const auto idle_from = clock::now();
+    CHECK(run_until([&] { return promotions() - promoted_before == 1; }, 5s));
+    const double moved_after = seconds_since(idle_from);
+    CHECK(moved_after < 2.0);
+    // And it still works, now on the redirect.
+    auto out = p.bytes(off, 64 * 1024);
+    REQUIRE(send_all(fd.get(), out.data(), out.size()));
+    std::vector<std::uint8_t> back(out.size());
+    REQUIRE(recv_exact(fd.get(), back.data(), back.size()) == static_cast<long>(back.size()));
+    CHECK(back == out);
+    std::cout << "  " << exchanges << " request/response exchanges in 1.5 s: promoted " << while_busy
+              << " times; idle, promoted after " << moved_after << " s" << std::endl;
 }
 
 TEST_CASE("a backend reading 1 MB/s while the client sends as fast as it can for 10 s: the bytes the proxy holds "
