@@ -88,12 +88,25 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
     std::size_t in_pipe = 0;
     bool eof = false;
     bool woken = false;  // the last readiness wait said `from` is readable, and splice has not moved a byte since
+    // The last read was a message, not a bulk chunk: `from` most likely had no more, and the next read would
+    // say EAGAIN -- one syscall per message of request/response traffic -- so wait for readiness instead: Asio
+    // re-arms the descriptor (EPOLL_CTL_MOD) for every wait, which reports bytes that came meanwhile at once
+    // (a read cut short by the pipe's slots, with more queued, costs one wake-up, not a byte). Bulk reads
+    // (64 KiB and more) read on until EAGAIN, as before.
+    constexpr std::size_t message_read = 64 * 1024;
+    bool drained = false;
     while (!p.aborted) {
         if (!eof) {
-            ssize_t n = ::splice(in, nullptr, pipe.write_end.get(), nullptr, pipe_size, splice_flags);
+            ssize_t n = -1;
+            if (drained)
+                errno = EAGAIN;
+            else
+                n = ::splice(in, nullptr, pipe.write_end.get(), nullptr, pipe_size, splice_flags);
+            drained = false;
             if (n > 0) {
                 in_pipe += static_cast<std::size_t>(n);
                 woken = false;
+                drained = static_cast<std::size_t>(n) < message_read;
             } else if (n == 0) {
                 // Not always EOF: at an urgent mark with the FIN already queued behind it, splice reads
                 // nothing and reports 0 although bytes are left. recv() tells, and reads past the mark.
