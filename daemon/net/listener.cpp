@@ -3,6 +3,7 @@
 
 #include "net/endpoint.hpp"
 #include "net/upstream.hpp"
+#include "sys/socket.hpp"
 
 #include <boost/asio/detail/socket_option.hpp>
 #include <chrono>
@@ -24,6 +25,14 @@ tcp::acceptor open_listener(asio::io_context& io, const config::address& addr, b
     if (!ec && ep.address().is_v6()) acceptor.set_option(asio::ip::v6_only(true), ec);
     if (!ec) acceptor.bind(ep, ec);
     if (!ec) acceptor.listen(asio::socket_base::max_listen_connections, ec);
+    // Every accepted socket inherits these from its listener (the kernel clones the listening socket),
+    // which saves two setsockopt() calls per connection: no Nagle delay, and urgent data inline (an
+    // urgent byte is forwarded in order as an ordinary byte; out of line it would be dropped by copy
+    // and stall splice at its mark).
+    if (!ec && sys::set_nodelay(acceptor.native_handle(), true))
+        ec = boost::system::error_code(errno, boost::system::system_category());
+    if (!ec && sys::set_oob_inline(acceptor.native_handle()))
+        ec = boost::system::error_code(errno, boost::system::system_category());
     if (ec) throw std::runtime_error("cannot listen on " + addr.text + ": " + ec.message());
     return acceptor;
 }

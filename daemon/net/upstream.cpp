@@ -56,6 +56,9 @@ awaitable<connect_outcome> connect_upstream(const config::address& addr, std::ch
     for (awaiting_guard waiting;;) {  // counted only until the socket is open
         boost::system::error_code ec;
         socket.open(endpoint.protocol(), ec);
+        // Non-blocking before the connect: Asio's own (internal) switch would cost an ioctl, and the
+        // data path's (user) one a second.
+        if (!ec) socket.non_blocking(true, ec);
         if (!ec) break;
         const auto left = deadline.expiry() - asio::steady_timer::clock_type::now();
         if (!out_of_resources(ec) || left <= asio::steady_timer::duration::zero()) {

@@ -90,10 +90,13 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
 
 // Sockets of a proxied pair: no Nagle delay, and urgent data inline (an urgent byte is forwarded in
 // order as an ordinary byte; out of line it would be dropped by copy and stall splice at its mark).
-void prepare(net::tcp::socket& s) {
-    sys::set_nodelay(s.native_handle(), true);
-    sys::set_oob_inline(s.native_handle());
-    s.non_blocking(true);
+// A client socket has both from its listener (net::open_listener); an upstream socket gets them here.
+void prepare(net::tcp::socket& s, bool accepted) {
+    if (!accepted) {
+        sys::set_nodelay(s.native_handle(), true);
+        sys::set_oob_inline(s.native_handle());
+    }
+    if (!s.non_blocking()) s.non_blocking(true);
 }
 
 // The addresses a PROXY header sent upstream names: those of the accepted header, else the client socket's.
@@ -215,6 +218,8 @@ void session::report_bytes_from(const sys::tcp_stats* from_client, const sys::tc
 }
 
 client_key session::balance_key(const std::optional<proxy_header>& accepted) const {
+    // Only source_hash reads the key: the others cost no getpeername() per connection.
+    if (route_->cfg.balance != config::balance_kind::source_hash) return client_key{};
     if (accepted && accepted->has_addresses()) {
         const sockaddr_storage a = to_sockaddr(*accepted->source);
         return client_key::of(reinterpret_cast<const sockaddr*>(&a));
@@ -237,7 +242,7 @@ net::awaitable<bool> session::admit() {
 }
 
 net::awaitable<void> session::run() {
-    prepare(client_);
+    prepare(client_, true);
     // Only the access log needs the peer's address (one getpeername per connection otherwise).
     if (env_.access_log) client_text_ = endpoint_text(client_, true);
 
@@ -308,7 +313,7 @@ net::awaitable<void> session::run() {
         finish(datapath::end_reason::shutdown, true);
         co_return;
     }
-    prepare(upstream_);
+    prepare(upstream_, false);
     std::vector<std::uint8_t> header;
     if (route_->cfg.send_proxy_protocol != config::proxy_protocol_version::off)
         header = proxy_header_to_send(route_->cfg.send_proxy_protocol, client_, accepted, server_name, id_);
