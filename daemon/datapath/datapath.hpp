@@ -76,6 +76,7 @@ struct pair_state {
     std::uint64_t demoted_bytes = 0;  // sockmap: bytes copied by userspace after a demotion
     std::uint8_t demotions = 0;       // sockmap: directions demoted to userspace copy
     std::uint64_t stranded_bytes = 0; // sockmap: redirected bytes the peer never took (pair reset)
+    std::uint32_t backlog_nudges = 0; // sockmap: times a redirect backlog that made no progress was woken
     std::optional<sockmap_pair> maps; // sockmap: the pair's entries while it is in the maps
     // Sockmap: bytes_queued_total() of each socket when the pair entered the map, less the
     // bytes userspace forwarded to it from the other socket before insertion.

@@ -66,9 +66,15 @@ net::awaitable<bool> wait_queued(pair_state& p, net::tcp::socket& from, net::tcp
     // A slow reader keeps `to`'s send queue full and is bounded by the idle watchdog. No
     // progress while that queue is empty means the bytes are stranded in the kernel.
     constexpr auto stranded_after = std::chrono::seconds(3);
+    // The backlog's kworker runs when the redirect queues an skb and when `to` gets write space
+    // (sk_psock_write_space). Should that wake-up be lost, with `to`'s send queue empty nothing
+    // would ever run it again: setting `to`'s send buffer (to the size it has) calls its
+    // sk_write_space, which schedules the backlog. Tried every nudge_after without progress.
+    constexpr auto nudge_after = std::chrono::milliseconds(250);
     auto pause = std::chrono::microseconds(100);
     std::uint64_t last_queued = 0;
     auto last_progress = std::chrono::steady_clock::now();
+    auto last_nudge = last_progress;
     for (;;) {
         if (p.aborted) co_return false;
         if (sys::poll_events(from.native_handle()) & POLLERR) {
@@ -98,6 +104,13 @@ net::awaitable<bool> wait_queued(pair_state& p, net::tcp::socket& from, net::tcp
             p.stranded_bytes = *want - queued;
             p.abort(end_reason::error);
             co_return false;
+        } else if (unsent == 0 && now - last_progress > nudge_after && now - last_nudge > nudge_after) {
+            last_nudge = now;
+            int size = 0;  // SO_SNDBUF reads back twice what was set
+            if (!sys::send_buffer(to.native_handle(), size) && size > 0) {
+                sys::set_send_buffer(to.native_handle(), size / 2);
+                ++p.backlog_nudges;
+            }
         }
         timer.expires_after(pause);
         auto [ec] = co_await timer.async_wait(net::use_tuple);

@@ -360,6 +360,10 @@ void session::finish(datapath::end_reason why, bool cut_short) {
     if (p && p->stranded_bytes)
         spdlog::error("conn {} route {}: {} redirected bytes never reached the peer socket; both sides reset", id_,
                       route_name, p->stranded_bytes);
+    if (p && p->backlog_nudges)
+        spdlog::warn("conn {} route {}: the peer's redirect backlog made no progress with an empty send queue; woken "
+                     "{} time(s) ({})",
+                     id_, route_name, p->backlog_nudges, p->stranded_bytes ? "in vain" : "it went on");
     if (p && p->demoted_bytes)
         spdlog::info("conn {} route {}: {} bytes copied by userspace after a sockmap demotion", id_, route_name,
                      p->demoted_bytes);
