@@ -16,6 +16,8 @@
 #include <poll.h>
 #include <set>
 #include <sstream>
+#include <stdexcept>
+#include <string_view>
 #include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
@@ -704,10 +706,21 @@ TEST_CASE("a client whose only backend refuses connections is closed within the 
     auto m0 = px.metrics();
     auto before = connections_of(m0, "refused");
     auto refused0 = connect_errors(m0, "refused", "refused");
-    auto fd = px.connect("refused", 10s);
     auto t0 = clock::now();
-    send_all(fd.get(), "hello", 5);  // may already fail: the daemon is allowed to close fast
-    auto end = wait_closed(fd.get(), 6s);
+    unique_fd fd;
+    auto end = end_kind::reset;
+    try {
+        fd = px.connect("refused", 10s);
+    } catch (const std::runtime_error& e) {
+        // The daemon is allowed to close fast: where the client is scheduled slowly (a TCG guest), the daemon
+        // can accept, be refused and reset the client before the client's connect() has returned, which then
+        // fails with ECONNRESET. That is this same close.
+        if (!std::string_view(e.what()).ends_with("(errno " + std::to_string(ECONNRESET) + ")")) throw;
+    }
+    if (fd.get() >= 0) {
+        send_all(fd.get(), "hello", 5);  // may already fail: the daemon is allowed to close fast
+        end = wait_closed(fd.get(), 6s);
+    }
     double took = seconds_since(t0);
     std::cout << "  client saw " << to_string(end) << " after " << took << " s" << std::endl;
     CHECK((end == end_kind::eof || end == end_kind::reset));
