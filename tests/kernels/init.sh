@@ -4,7 +4,8 @@
 # over /tmp and /run, the run's output directory writable at /run/out, the guest kernel's own modules over
 # /lib/modules, then runs the guest script there under chroot and powers off. Settings come from the kernel
 # command line (unknown name=value words reach init's environment): kout (host output dir), kscript (guest
-# script, a host path), kargs (its arguments, comma-separated).
+# script, as the guest sees it), kmods (the guest kernel's module tree on the host), kargs (the script's
+# arguments, comma-separated).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
