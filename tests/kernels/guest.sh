@@ -54,11 +54,21 @@ YAML
 startup startup_auto auto
 startup startup_sockmap sockmap
 
-# 8 MiB each way through a daemon with one auto route and one forced sockmap route to a Python echo backend,
-# sha256-checked, with half-close: the paths as a user's config gets them, whatever this kernel made of them.
-step echo_routes 300 python3 - "$build/spliced" <<'PY'
+
+# Quick: integrity both ways (0 B, 1 B, 64 KiB, 64 MiB with half-close), early and banner traffic, refused /
+# black-holed / failing-over / resetting backends, idle timeout, IPv6, promotion on auto, PROXY protocol, and
+# the end-state check. Left out of quick: 500 concurrent connections x 256 KiB (~75 s per path under TCG) and
+# the 10 s slow reader. Full: every case. Under TCG both leave out the SNI case: its exact-match ClientHello
+# goes out one byte per send(), which under emulation can take longer than the route's 1 s handshake timeout,
+# and the connection then (correctly) lands on the default route; SNI routing happens before a data path is
+# engaged, so no kernel difference is lost (it runs on the host in ctest and tests/interop).
+# An echo each way through a daemon with one auto route and one forced sockmap route to a Python echo backend,
+# sha256-checked, with half-close (8 MiB in quick, 64 MiB in full): the paths as a user's config gets them,
+# whatever this kernel made of them.
+echo_routes() {  # echo_routes NAME MIB
+step "$1" 600 python3 - "$build/spliced" "$2" <<'PY'
 import hashlib, os, socket, subprocess, sys, tempfile, threading, time
-binary = sys.argv[1]
+binary, mib = sys.argv[1], int(sys.argv[2])
 def port():
     s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
 backend = socket.socket(); backend.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -89,30 +99,33 @@ try:
                 c = socket.create_connection(("127.0.0.1", p), timeout=60); break
             except OSError:
                 time.sleep(0.1)
-        data = os.urandom(8 << 20); t0 = time.monotonic()
-        w = threading.Thread(target=lambda: (c.sendall(data), c.shutdown(socket.SHUT_WR))); w.start()
-        h = hashlib.sha256(); n = 0
-        while True:
-            b = c.recv(1 << 16)
-            if not b: break
-            h.update(b); n += len(b)
+        data = os.urandom(mib << 20); t0 = time.monotonic()
+        def send():
+            try:
+                c.sendall(data); c.shutdown(socket.SHUT_WR)
+            except OSError as e:
+                print(f"route {k}: send: {e}", flush=True)
+        w = threading.Thread(target=send); w.start()
+        h = hashlib.sha256(); n = 0; err = None
+        try:
+            while True:
+                b = c.recv(1 << 16)
+                if not b: break
+                h.update(b); n += len(b)
+        except OSError as e:
+            err = e
         w.join(); c.close()
-        good = n == len(data) and h.digest() == hashlib.sha256(data).digest()
+        good = err is None and n == len(data) and h.digest() == hashlib.sha256(data).digest()
         ok &= good
-        print(f"route {k}: 8 MiB echoed {'intact' if good else f'BROKEN ({n} bytes back)'} in {time.monotonic() - t0:.2f} s")
+        what = "intact" if good else f"BROKEN ({err or 'EOF'} after {n} bytes back)"
+        print(f"route {k}: {mib} MiB echoed {what} in {time.monotonic() - t0:.2f} s", flush=True)
 finally:
     time.sleep(0.5); daemon.terminate(); daemon.wait(30); log.close()
     print(open(f"{d}/spliced.log").read())
 sys.exit(0 if ok else 1)
 PY
+}
 
-# Quick: integrity both ways (0 B, 1 B, 64 KiB, 64 MiB with half-close), early and banner traffic, refused /
-# black-holed / failing-over / resetting backends, idle timeout, IPv6, promotion on auto, PROXY protocol, and
-# the end-state check. Left out of quick: 500 concurrent connections x 256 KiB (~75 s per path under TCG) and
-# the 10 s slow reader. Full: every case. Under TCG both leave out the SNI case: its exact-match ClientHello
-# goes out one byte per send(), which under emulation can take longer than the route's 1 s handshake timeout,
-# and the connection then (correctly) lands on the default route; SNI routing happens before a data path is
-# engaged, so no kernel difference is lost (it runs on the host in ctest and tests/interop).
 case $set in
   quick) filter='[transfer],[early],[banner],[errors],[idle],[ipv6],[promotion],[proxy_protocol],[end]' ;;
   full) filter='~[.]' ;;
@@ -137,7 +150,9 @@ fi
 # auto chooses splice (below the floor), auto is the splice path, which the splice suite covers; auto itself is
 # checked above (its choice and why) and by the echo through an auto route below.
 auto_choice=$(sed -n 's/^datapath auto chooses: //p' "$out/features.log")
+case $set in quick) echo_mib=8 ;; *) echo_mib=64 ;; esac
 for r in $(seq 1 "$repeat"); do
+  echo_routes "echo_routes_$r" "$echo_mib"
   for p in $paths; do
     if [ "$p" = auto ] && [ "$auto_choice" != sockmap ]; then
       echo "not run: datapath auto chooses $auto_choice on this kernel; the suite's auto cases assume sockmap" \
