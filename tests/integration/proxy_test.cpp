@@ -16,6 +16,8 @@
 #include <poll.h>
 #include <set>
 #include <sstream>
+#include <stdexcept>
+#include <string_view>
 #include <sys/socket.h>
 #include <thread>
 #include <unistd.h>
@@ -696,6 +698,19 @@ TEST_CASE("500 concurrent connections each echo 256 KiB of their own random byte
     require_handed_off("concurrent", before, n);
 }
 
+// Connects to `route` where the daemon may reset the client at once (a refused backend, an untrusted source):
+// where the client is scheduled slowly (a TCG guest), that reset can come before the client's connect() has
+// returned, which then fails with ECONNRESET. Returns an invalid fd then, for the caller to count as that reset.
+unique_fd connect_or_reset(const proxy_fixture& px, const std::string& route, std::chrono::milliseconds io_timeout) {
+    try {
+        return px.connect(route, io_timeout);
+    } catch (const std::runtime_error& e) {
+        if (!std::string_view(e.what()).ends_with("(errno " + std::to_string(ECONNRESET) + ")")) throw;
+        std::cout << "  connect() to route " << route << " already saw the reset" << std::endl;
+        return unique_fd{};
+    }
+}
+
 TEST_CASE("a client whose only backend refuses connections is closed within the connect timeout and the refusal "
           "is counted",
           "[proxy][errors]") {
@@ -704,10 +719,13 @@ TEST_CASE("a client whose only backend refuses connections is closed within the 
     auto m0 = px.metrics();
     auto before = connections_of(m0, "refused");
     auto refused0 = connect_errors(m0, "refused", "refused");
-    auto fd = px.connect("refused", 10s);
     auto t0 = clock::now();
-    send_all(fd.get(), "hello", 5);  // may already fail: the daemon is allowed to close fast
-    auto end = wait_closed(fd.get(), 6s);
+    auto fd = connect_or_reset(px, "refused", 10s);
+    auto end = end_kind::reset;
+    if (fd.get() >= 0) {
+        send_all(fd.get(), "hello", 5);  // may already fail: the daemon is allowed to close fast
+        end = wait_closed(fd.get(), 6s);
+    }
     double took = seconds_since(t0);
     std::cout << "  client saw " << to_string(end) << " after " << took << " s" << std::endl;
     CHECK((end == end_kind::eof || end == end_kind::reset));
@@ -1271,8 +1289,8 @@ TEST_CASE("a bad, cut, slow, absent or untrusted PROXY header costs only its own
     }
     {  // a source outside trusted_proxies: refused before anything is read
         // (Nothing sent: a send racing the reset would take the error, and the read would see a plain EOF.)
-        auto fd = px.connect("pp_trusted", 5s);
-        CHECK(expect_end(std::move(fd), 1s).first == end_kind::reset);
+        auto fd = connect_or_reset(px, "pp_trusted", 5s);
+        if (fd.get() >= 0) CHECK(expect_end(std::move(fd), 1s).first == end_kind::reset);
     }
     // The backend saw none of it; each refusal is counted by reason.
     CHECK(run_until(
