@@ -34,11 +34,19 @@ kind take_pipes_or_copy(splice_pipes& pipes, std::uint64_t id, std::string_view 
 
 // Forwards in userspace what both sockets already hold, beside the idle watchdog: a peer that takes
 // nothing must not pin the pair for ever. True when both queues ended on an skb boundary.
+//
+// Both directions at once: one after the other, an echoing (or any request/response) backend
+// deadlocks a busy pair. While the client's bytes go on, the backend's answers pile up unread in
+// the upstream socket, the backend blocks writing them and stops reading, and the forward write
+// then waits for ever (seen with a 64 MiB echo under qemu, where the client's queue never ran dry).
 net::awaitable<bool> forward_both(pair_state& p) {
     bool clean = false;
     auto both = [](pair_state& p, bool& clean) -> net::awaitable<void> {
-        const auto from_client = co_await forward_queued(p, p.client, p.upstream);
-        const auto from_upstream = co_await forward_queued(p, p.upstream, p.client);
+        using namespace net;  // && on awaitables
+        // Named first: g++ 12 destroys temporaries inside a co_await expression twice.
+        auto forward = forward_queued(p, p.client, p.upstream);
+        auto backward = forward_queued(p, p.upstream, p.client);
+        const auto [from_client, from_upstream] = co_await (std::move(forward) && std::move(backward));
         p.written_to_upstream += from_client.bytes;
         p.written_to_client += from_upstream.bytes;
         clean = from_client.clean && from_upstream.clean;
