@@ -3,7 +3,8 @@
 # filesystem needs, mounts the host's root filesystem (virtiofs tag "root") read-only at /newroot with tmpfs
 # over /tmp and /run, the run's output directory writable at /run/out, the guest kernel's own modules over
 # /lib/modules, then runs the guest script there under chroot and powers off. Settings come from the kernel
-# command line (unknown name=value words reach init's environment): kout (host output dir), kscript (guest
+# command line (unknown name=value words reach init's environment): kout (host output dir), kbin (the build
+# directory under test, bound where the host has it), kscript (guest
 # script, as the guest sees it), kmods (the guest kernel's module tree on the host), kargs (the script's
 # arguments, comma-separated).
 /bin/busybox --install -s /bin
@@ -33,6 +34,10 @@ mount -t tmpfs -o mode=0755 tmpfs /newroot/run
 mount -t tmpfs -o mode=1777 tmpfs /newroot/var/tmp
 mkdir -p /newroot/run/out /newroot/run/netns
 mount --bind "/host$kout" /newroot/run/out
+# The build directory under test, read-only where the guest sees it: a checkout under /tmp (or /run) would
+# otherwise be hidden by the tmpfs above.
+mkdir -p "/newroot$kbin" 2>/dev/null
+mount --bind "/host$kbin" "/newroot$kbin" && mount -o remount,bind,ro "/newroot$kbin"
 mount --bind "/host$kmods" /newroot/lib/modules
 mount -o remount,bind,ro /newroot/lib/modules
 ulimit -n 1048576
