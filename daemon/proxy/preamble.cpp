@@ -40,7 +40,12 @@ net::awaitable<peeked> peek_more(net::tcp::socket& s, std::vector<std::uint8_t>&
             // Nothing new: an end (FIN) after a partial preamble also lands here.
             pollfd p{fd, POLLRDHUP, 0};
             if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) co_return peeked::eof;
-            if (woken) co_return peeked::stuck;
+            // Woken, yet nothing new to peek: stuck at an urgent mark only if more is queued than the peek
+            // shows (SO_OOBINLINE: SIOCINQ counts past the mark). Else the wake-up was an event that came
+            // before this wait (a byte seen by the last peek): wait again.
+            int queued = 0;
+            if (woken && !sys::receive_queue_bytes(fd, queued) && queued > static_cast<int>(have))
+                co_return peeked::stuck;
         }
         if (have >= cap) co_return peeked::more;  // full: the caller decides
         sys::set_rcvlowat(fd, static_cast<int>(have + 1));
