@@ -177,7 +177,7 @@ bool receive_queues_empty(pair_state& p) {
 }
 
 // Samples the pair; ends (the pair's `||` then stops the directions) once it has been idle -- no byte
-// either way for `idle_before_move` -- with both directions parked.
+// either way for idle_ticks_before_move ticks -- with both directions parked.
 //
 // Only idle pairs move: the sockmap path's egress redirect hands every skb to a kworker
 // (sk_psock_backlog), which per small message costs about twice the kernel CPU of splice and an extra
