@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <memory>
 
 namespace spliced::net {
 
@@ -70,13 +71,29 @@ awaitable<connect_outcome> connect_upstream(const config::address& addr, std::ch
         asio::steady_timer pause(executor, std::min<asio::steady_timer::duration>(10ms, left));
         co_await pause.async_wait(use_tuple);
     }
-    auto result = co_await (socket.async_connect(endpoint, use_tuple) || deadline.async_wait(use_tuple));
-    if (result.index() == 1) {
+    // The deadline cancels the connect from a plain handler. An `||` of the two awaitables would
+    // co_spawn each of them: two coroutine frames and a parallel group for every connection.
+    // One worker thread runs this and the handler, so the handler sees `done` set before the
+    // socket is moved out or destroyed, and then touches nothing.
+    struct deadline_state {
+        bool done = false;
+        bool fired = false;
+    };
+    auto state = std::make_shared<deadline_state>();
+    deadline.async_wait([state, &socket](const boost::system::error_code& ec) {
+        if (ec || state->done) return;
+        state->fired = true;
+        boost::system::error_code ignored;
+        socket.cancel(ignored);
+    });
+    auto [ec] = co_await socket.async_connect(endpoint, use_tuple);
+    state->done = true;
+    deadline.cancel();
+    if (ec && state->fired) {
         out.reason = metrics::connect_error::timeout;
         out.error = asio::error::timed_out;
         co_return out;
     }
-    auto [ec] = std::get<0>(result);
     if (ec) {
         out.reason = classify(ec);
         out.error = ec;
