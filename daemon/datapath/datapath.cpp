@@ -106,35 +106,25 @@ bool idle_check(pair_state& p, std::chrono::milliseconds& next) {
     return true;
 }
 
-namespace {
+idle_watch::idle_watch(pair_state& p) : p_(p), timer_(p.client.get_executor()) { arm(idle_first_check(p)); }
 
-net::awaitable<void> idle_watchdog(pair_state& p) {
-    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
-    auto wait = idle_first_check(p);
-    for (;;) {
-        timer.expires_after(wait);
-        auto [ec] = co_await timer.async_wait(net::use_tuple);
-        if (ec || p.aborted || !idle_check(p, wait)) co_return;
-    }
+void idle_watch::arm(std::chrono::milliseconds wait) {
+    timer_.after(wait, [this] {
+        std::chrono::milliseconds next{};
+        if (!p_.aborted && idle_check(p_, next)) arm(next);
+    });
 }
 
-}  // namespace
-
 net::awaitable<bool> with_idle_watchdog(pair_state& p, net::awaitable<void> task) {
-    using namespace net;
-    auto result = co_await (std::move(task) || idle_watchdog(p));
-    co_return result.index() == 0;
+    idle_watch watch(p);
+    co_await std::move(task);
+    co_return !p.aborted;
 }
 
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward) {
-    using namespace net;
-    co_await ((std::move(forward) && std::move(backward)) || idle_watchdog(p));
-}
-
-net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward,
-                              net::awaitable<void> beside) {
-    using namespace net;
-    co_await ((std::move(forward) && std::move(backward)) || idle_watchdog(p) || std::move(beside));
+    using namespace net;  // && on awaitables
+    idle_watch watch(p);
+    co_await (std::move(forward) && std::move(backward));
 }
 
 net::awaitable<bool> wait_writable(pair_state& p, net::tcp::socket& from, net::tcp::socket& to) {

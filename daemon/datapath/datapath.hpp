@@ -8,6 +8,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -118,15 +119,53 @@ bool idle_check(pair_state& p, std::chrono::milliseconds& next);
 // When the idle check first runs after a pair starts.
 std::chrono::milliseconds idle_first_check(const pair_state& p);
 
-// Runs `task` beside the idle watchdog: returns true when the task ended, false when the pair went
-// idle (aborted) first.
+// A timer for the watchers that run beside a pair's directions (the idle watchdog, the promoter)
+// as plain handlers: no coroutine frame and no parallel group per connection, which an `||` of
+// awaitables would co_spawn. A watcher ends the pair the way a cut from outside does, by aborting
+// it (which cancels both sockets' waits); the directions then end on their own. Destroying the
+// timer stops it for good: a handler already queued (its expiry passed, not yet run) finds the
+// token dead and touches nothing. One worker thread runs the handler and its owner.
+class pair_timer {
+public:
+    explicit pair_timer(const net::asio::any_io_executor& executor)
+        : timer_(executor), alive_(std::make_shared<bool>(true)) {}
+    ~pair_timer() { *alive_ = false; }  // the timer's own destructor cancels a wait still pending
+    pair_timer(const pair_timer&) = delete;
+    pair_timer& operator=(const pair_timer&) = delete;
+
+    // Calls `f()` after `wait`, unless destroyed first.
+    template <typename F>
+    void after(std::chrono::milliseconds wait, F f) {
+        timer_.expires_after(wait);
+        timer_.async_wait([alive = alive_, f = std::move(f)](const boost::system::error_code& ec) mutable {
+            if (*alive && !ec) f();
+        });
+    }
+
+private:
+    net::asio::steady_timer timer_;
+    std::shared_ptr<bool> alive_;
+};
+
+// The idle watchdog of a pair for as long as it lives: runs idle_check() when it is due, which
+// aborts the pair (idle_timeout) once its counters stood still for the idle timeout.
+class idle_watch {
+public:
+    explicit idle_watch(pair_state& p);
+
+private:
+    void arm(std::chrono::milliseconds wait);
+    pair_state& p_;
+    pair_timer timer_;
+};
+
+// Runs `task` beside the idle watchdog: returns true when the task ended with the pair not aborted
+// (by the watchdog or anything else).
 net::awaitable<bool> with_idle_watchdog(pair_state& p, net::awaitable<void> task);
 
-// Runs the two directions beside the idle watchdog until both directions end or the pair aborts.
+// Runs the two directions beside the idle watchdog until both directions end; an abort (a reset,
+// the watchdog, a cut from outside) cancels their waits and ends them.
 net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward);
-// The same with a third task beside them; whichever of the three ends first ends the pair.
-net::awaitable<void> run_pair(pair_state& p, net::awaitable<void> forward, net::awaitable<void> backward,
-                              net::awaitable<void> beside);
 
 // Waits until `to` can take more bytes, watching `from` meanwhile: while a direction is blocked on a slow
 // receiver nothing else looks at its sender, and a reset there must end the pair now, not once the

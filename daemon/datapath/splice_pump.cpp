@@ -132,7 +132,10 @@ net::awaitable<void> splice_direction(pair_state& p, net::tcp::socket& from, net
                     state.parked = true;
                     auto [ec] = co_await from.async_wait(net::tcp::socket::wait_read, net::use_tuple);
                     state.parked = false;
-                    if (ec && p.promoting && !p.aborted) break;  // stopped for the move to sockmap
+                    // Stopped for the move to sockmap: the promoter saw both directions parked here with
+                    // empty pipes and cancelled the waits. A wait that completed just before (a FIN came)
+                    // stops too, without reading: the hand-off reads what is queued, the EOF included.
+                    if (p.promoting && !p.aborted) break;
                     if (ec && !p.aborted) p.abort(p.reset_reason(from));
                     woken = !ec;
                     continue;
@@ -176,65 +179,77 @@ bool receive_queues_empty(pair_state& p) {
     return a == 0 && b == 0;
 }
 
-// Samples the pair; ends (the pair's `||` then stops the directions) once it has been idle -- no byte
-// either way for idle_ticks_before_move ticks -- with both directions parked.
+// Samples the pair every tick, beside its directions (a plain timer handler: see pair_timer), and
+// stops both for the move to sockmap once the pair has been idle -- no byte either way for
+// idle_ticks_before_move ticks -- with both directions parked.
 //
 // Only idle pairs move: the sockmap path's egress redirect hands every skb to a kworker
 // (sk_psock_backlog), which per small message costs about twice the kernel CPU of splice and an extra
 // scheduling hop, so request/response traffic (keep-alive HTTP, redis, database pools) and bulk
 // transfers are better off where they are. An idle pair gains from the move: it holds no pipes and
 // wakes nothing in userspace, and a later sporadic message takes the short hop.
-net::awaitable<void> promoter(pair_state& p, const direction_probe& forward, const direction_probe& backward) {
-    using namespace std::chrono_literals;
-    constexpr auto tick = 100ms;
-    constexpr int idle_ticks_before_move = 2;  // idle for 200..300 ms; short connections end before that
+class promoter {
+public:
+    promoter(pair_state& p, const direction_probe& forward, const direction_probe& backward)
+        : p_(p), forward_(forward), backward_(backward), timer_(p.client.get_executor()), last_(total()) {
+        arm(tick);
+    }
+
+private:
+    static constexpr std::chrono::milliseconds tick{100};
+    static constexpr int idle_ticks_before_move = 2;  // idle for 200..300 ms; short connections end before that
     // An idle pair whose directions are not parked is blocked on a slow receiver, which can last:
     // look again less and less often, up to this.
-    constexpr auto blocked_backoff_max = 1000ms;
-    net::asio::steady_timer timer(co_await net::asio::this_coro::executor);
-    auto total = [&] { return p.written_to_client + p.written_to_upstream; };
-    std::uint64_t last = total();
-    std::chrono::milliseconds wait = tick, blocked_wait = tick;
-    int idle_ticks = 0, retries = 0;
-    for (;;) {
-        timer.expires_after(wait);
-        auto [ec] = co_await timer.async_wait(net::use_tuple);
-        if (ec || p.aborted) co_return;  // cancelled: the directions ended first
-        if (forward.done || backward.done) {
-            // Half-closed: stays on splice. Sleep until the directions end and cancel this.
-            timer.expires_at(net::asio::steady_timer::time_point::max());
-            co_await timer.async_wait(net::use_tuple);
-            co_return;
-        }
-        const std::uint64_t now_total = total();
-        if (now_total != last) {
-            idle_ticks = 0;
-            retries = 0;
-        } else if (retries == 0) {
-            ++idle_ticks;
-        }
-        last = now_total;
-        const bool parked = forward.parked && backward.parked;
-        const bool idle = idle_ticks >= idle_ticks_before_move;
-        if (idle && parked && receive_queues_empty(p)) {
-            p.promoting = true;
-            boost::system::error_code ignored;
-            p.client.cancel(ignored);  // wakes both parked reads; they stop without reading
-            p.upstream.cancel(ignored);
-            co_return;
-        }
-        if (idle && parked && ++retries < 10) {
-            wait = 1ms;  // parked, but bytes are on their way through: look again soon, a few times
-        } else if (idle && !parked) {
-            retries = 0;
-            blocked_wait = std::min<std::chrono::milliseconds>(blocked_wait * 2, blocked_backoff_max);
-            wait = blocked_wait;
-        } else {
-            retries = 0;
-            blocked_wait = tick;
-            wait = tick;
-        }
+    static constexpr std::chrono::milliseconds blocked_backoff_max{1000};
+
+    std::uint64_t total() const { return p_.written_to_client + p_.written_to_upstream; }
+    void arm(std::chrono::milliseconds wait) {
+        timer_.after(wait, [this] { on_tick(); });
     }
+    void on_tick();
+
+    pair_state& p_;
+    const direction_probe& forward_;
+    const direction_probe& backward_;
+    pair_timer timer_;
+    std::uint64_t last_;
+    std::chrono::milliseconds blocked_wait_ = tick;
+    int idle_ticks_ = 0, retries_ = 0;
+};
+
+void promoter::on_tick() {
+    using namespace std::chrono_literals;
+    // Ended, or half-closed (stays on splice): no more ticks.
+    if (p_.aborted || forward_.done || backward_.done) return;
+    const std::uint64_t now_total = total();
+    if (now_total != last_) {
+        idle_ticks_ = 0;
+        retries_ = 0;
+    } else if (retries_ == 0) {
+        ++idle_ticks_;
+    }
+    last_ = now_total;
+    const bool parked = forward_.parked && backward_.parked;
+    const bool idle = idle_ticks_ >= idle_ticks_before_move;
+    if (idle && parked && receive_queues_empty(p_)) {
+        p_.promoting = true;
+        boost::system::error_code ignored;
+        p_.client.cancel(ignored);  // wakes both parked reads; they stop without reading
+        p_.upstream.cancel(ignored);
+        return;
+    }
+    std::chrono::milliseconds wait = tick;
+    if (idle && parked && ++retries_ < 10) {
+        wait = 1ms;  // parked, but bytes are on their way through: look again soon, a few times
+    } else if (idle && !parked) {
+        retries_ = 0;
+        blocked_wait_ = std::min<std::chrono::milliseconds>(blocked_wait_ * 2, blocked_backoff_max);
+        wait = blocked_wait_;
+    } else {
+        retries_ = 0;
+        blocked_wait_ = tick;
+    }
+    arm(wait);
 }
 
 }  // namespace
@@ -250,9 +265,9 @@ std::error_code take_pipes(splice_pipes& out) {
 
 net::awaitable<bool> run_splice_promotable(pair_state& p, splice_pipes pipes) {
     direction_probe forward, backward;
+    promoter watch(p, forward, backward);
     co_await run_pair(p, splice_direction(p, p.client, p.upstream, std::move(pipes.forward), &forward),
-                      splice_direction(p, p.upstream, p.client, std::move(pipes.backward), &backward),
-                      promoter(p, forward, backward));
+                      splice_direction(p, p.upstream, p.client, std::move(pipes.backward), &backward));
     co_return p.promoting && !p.aborted;
 }
 
