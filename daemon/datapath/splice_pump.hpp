@@ -31,10 +31,10 @@ net::awaitable<void> run_splice(pair_state& p, splice_pipes pipes);
 
 // The splice path of `datapath: auto` when sockmap is usable: runs like run_splice, and returns
 // true once the pair is worth moving to the sockmap path (it moved no byte for two 100 ms
-// ticks: idle, see promoter() for why busy pairs stay) and both directions are parked: waiting
-// to read, pipes empty, neither at EOF. The pair's sockets
-// are then untouched by userspace, with p.written_to_* set; the caller inserts them. Returns
-// false when the pair ended on splice.
+// ticks: idle; the promoter in splice_pump.cpp says why busy pairs stay) and both directions are
+// parked: waiting to read, pipes empty, neither at EOF. The pair's sockets are then untouched by
+// userspace, with p.written_to_* set; the caller inserts them. Returns false when the pair ended
+// on splice.
 net::awaitable<bool> run_splice_promotable(pair_state& p, splice_pipes pipes);
 
 // True when splice(2) from a TCP socket works on this kernel (checked once, cached).
