@@ -33,7 +33,7 @@ std::unique_ptr<balancer> make_balancer(config::balance_kind kind, std::vector<u
     switch (kind) {
     case config::balance_kind::least_conn: return std::make_unique<balance::least_connections>();
     case config::balance_kind::random: return std::make_unique<balance::two_random_choices>(seed);
-    case config::balance_kind::source_hash: return std::make_unique<balance::maglev_hash>();
+    case config::balance_kind::source_hash: return std::make_unique<balance::maglev_hash>(std::move(weights));
     case config::balance_kind::round_robin:
     default: return std::make_unique<balance::smooth_round_robin>(std::move(weights));
     }

@@ -40,13 +40,15 @@ private:
 
 class maglev_hash final : public balancer {
 public:
+    // `weights`: every backend of the route, by index (0: no slots).
+    explicit maglev_hash(std::vector<unsigned> weights);
     std::size_t pick(std::span<const candidate> eligible, const client_key& client) override;
 
 private:
-    void rebuild(std::span<const candidate> eligible);
+    void rebuild();
 
-    std::vector<std::pair<std::size_t, unsigned>> built_for_;  // (index, weight) of the table's eligible set
-    std::vector<std::uint32_t> table_;                         // slot -> position in that eligible set
+    std::vector<unsigned> weights_;     // by backend index: what the table was built for
+    std::vector<std::uint32_t> table_;  // slot -> backend index; empty when no backend has weight
 };
 
 }  // namespace spliced::proxy::balance
