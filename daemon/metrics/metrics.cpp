@@ -6,6 +6,7 @@
 #include "proxy/proxy_protocol.hpp"
 
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <prometheus/collectable.h>
 #include <prometheus/counter.h>
@@ -53,16 +54,16 @@ static_assert(proxy_error_count == static_cast<std::size_t>(proxy::proxy_protoco
 void route_metrics::proxy_protocol_failed(std::size_t reason) const { proxy_errors.at(reason)->Increment(); }
 
 void route_metrics::connect_failed(std::size_t backend, connect_error e) const {
-    connect_errors.at(backend)[static_cast<std::size_t>(e)]->Increment();
+    backends.at(backend).connect_errors[static_cast<std::size_t>(e)]->Increment();
 }
 
 void route_metrics::backend_state(std::size_t backend, bool up, std::uint64_t open) const {
-    backend_up.at(backend)->Set(up ? 1 : 0);
-    backend_active.at(backend)->Set(static_cast<double>(open));
+    backends.at(backend).up->Set(up ? 1 : 0);
+    backends.at(backend).active->Set(static_cast<double>(open));
 }
 
 void route_metrics::health_checked(std::size_t backend, bool passed) const {
-    health_checks.at(backend)[passed ? 1 : 0]->Increment();
+    backends.at(backend).health_checks[passed ? 1 : 0]->Increment();
 }
 
 void route_metrics::no_backend_up() const { no_backend_up_total->Increment(); }
@@ -214,10 +215,74 @@ struct registry::sampled : prometheus::Collectable {
     }
 };
 
+// The series whose labels come from the config, by key (a route name, a route and a backend address, a
+// listen address): one group of handles per key while anything holds it. The last holder's release
+// removes the series from their families, unless the key has a newer group by then (the key came back
+// after its group was let go and before it was destroyed: the newer group holds the very same series).
+struct registry::interned {
+    std::mutex mutex;
+    struct slot {
+        std::weak_ptr<const void> owner;
+        std::uint64_t serial = 0;
+    };
+    std::map<std::string, slot> slots;
+    std::uint64_t next_serial = 1;
+
+    template <typename Handles>
+    struct group {
+        Handles handles;
+        std::vector<std::function<void()>> removers;
+        std::shared_ptr<interned> table;
+        std::string key;
+        std::uint64_t serial = 0;
+        group() = default;
+        group(const group&) = delete;
+        group& operator=(const group&) = delete;
+        ~group() {
+            std::lock_guard lock(table->mutex);
+            auto it = table->slots.find(key);
+            if (it == table->slots.end() || it->second.serial != serial) return;
+            table->slots.erase(it);
+            for (auto& remove : removers) remove();
+        }
+    };
+
+    // The live group of `key`, or a new one whose series `add(group&)` creates.
+    template <typename Handles, typename Add>
+    static std::shared_ptr<const group<Handles>> intern(const std::shared_ptr<interned>& self, const std::string& key,
+                                                        Add add) {
+        std::lock_guard lock(self->mutex);
+        auto& s = self->slots[key];
+        if (auto live = s.owner.lock()) return std::static_pointer_cast<const group<Handles>>(live);
+        auto g = std::make_shared<group<Handles>>();
+        g->table = self;
+        g->key = key;
+        g->serial = self->next_serial++;
+        add(*g);
+        s.owner = g;
+        s.serial = g->serial;
+        return g;
+    }
+};
+
+namespace {
+
+// f.Add(labels, more...), remembering how to remove it again.
+template <typename T, typename... More>
+T* add_series(std::vector<std::function<void()>>& removers, prometheus::Family<T>& f, const prometheus::Labels& labels,
+              More&&... more) {
+    T* m = &f.Add(labels, std::forward<More>(more)...);
+    removers.push_back([&f, m] { f.Remove(m); });
+    return m;
+}
+
+}  // namespace
+
 registry::registry()
     : registry_(std::make_shared<prometheus::Registry>()),
       families_(std::make_unique<families>(*registry_)),
       sampled_(std::make_shared<sampled>()),
+      interned_(std::make_shared<interned>()),
       process_(make_process_collectable()) {
     families_->build_info.Add({{"version", SPLICED_VERSION}}).Set(1);
     families_->config_reloads_total.Add({{"result", "success"}});
@@ -235,50 +300,71 @@ void registry::config_loaded(bool reload, bool success) {
 registry::~registry() = default;
 
 route_metrics registry::add_route(const config::route& r) {
-    route_metrics m;
-    for (auto k : {datapath::kind::sockmap, datapath::kind::splice, datapath::kind::copy})
-        m.connections[static_cast<std::size_t>(k)] =
-            &families_->connections_total.Add({{"route", r.name}, {"datapath", datapath::to_string(k)}});
-    m.active = &families_->connections_active.Add({{"route", r.name}});
-    m.promotions = &families_->sockmap_promotions_total.Add({{"route", r.name}});
-    m.demotions = &families_->sockmap_demotions_total.Add({{"route", r.name}});
-    for (std::size_t i = 0; i < proxy_error_count; ++i) {
-        const auto reason = proxy::to_string(static_cast<proxy::proxy_protocol_error>(i));
-        m.proxy_errors[i] =
-            &families_->proxy_protocol_errors_total.Add({{"route", r.name}, {"reason", std::string(reason)}});
-    }
-    for (std::size_t i = 0; i < datapath::fallback_reason_count; ++i)
-        m.sockmap_fallbacks[i] = &families_->sockmap_fallbacks_total.Add(
-            {{"route", r.name}, {"reason", datapath::to_string(static_cast<datapath::fallback_reason>(i))}});
+    auto& f = *families_;
+    auto route = interned::intern<route_metrics>(interned_, "route\n" + r.name, [&](auto& g) {
+        auto& m = g.handles;
+        auto& rm = g.removers;
+        for (auto k : {datapath::kind::sockmap, datapath::kind::splice, datapath::kind::copy})
+            m.connections[static_cast<std::size_t>(k)] =
+                add_series(rm, f.connections_total, {{"route", r.name}, {"datapath", datapath::to_string(k)}});
+        m.active = add_series(rm, f.connections_active, {{"route", r.name}});
+        m.promotions = add_series(rm, f.sockmap_promotions_total, {{"route", r.name}});
+        m.demotions = add_series(rm, f.sockmap_demotions_total, {{"route", r.name}});
+        for (std::size_t i = 0; i < proxy_error_count; ++i) {
+            const auto reason = proxy::to_string(static_cast<proxy::proxy_protocol_error>(i));
+            m.proxy_errors[i] =
+                add_series(rm, f.proxy_protocol_errors_total, {{"route", r.name}, {"reason", std::string(reason)}});
+        }
+        for (std::size_t i = 0; i < datapath::fallback_reason_count; ++i)
+            m.sockmap_fallbacks[i] =
+                add_series(rm, f.sockmap_fallbacks_total,
+                           {{"route", r.name}, {"reason", datapath::to_string(static_cast<datapath::fallback_reason>(i))}});
+        m.no_backend_up_total = add_series(rm, f.route_no_backend_up_total, {{"route", r.name}});
+        m.bytes_in = add_series(rm, f.bytes_total, {{"route", r.name}, {"direction", "in"}});
+        m.bytes_out = add_series(rm, f.bytes_total, {{"route", r.name}, {"direction", "out"}});
+        m.duration = add_series(rm, f.connection_duration_seconds, {{"route", r.name}},
+                                prometheus::Histogram::BucketBoundaries{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900,
+                                                                        3600, 14400, 86400});
+        m.connect_time = add_series(rm, f.upstream_connect_seconds, {{"route", r.name}},
+                                    prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                                                            0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5});
+        m.queue_timeouts = add_series(rm, f.queue_timeouts_total, {{"route", r.name}});
+    });
+    route_metrics m = route->handles;
+    m.series.push_back(route);
     for (const auto& b : r.backends) {
-        std::array<prometheus::Counter*, connect_error_count> per_reason{};
-        for (std::size_t i = 0; i < connect_error_count; ++i)
-            per_reason[i] = &families_->upstream_connect_errors_total.Add(
-                {{"route", r.name}, {"backend", b.addr.text}, {"reason", to_string(static_cast<connect_error>(i))}});
-        m.connect_errors.push_back(per_reason);
-        m.backend_up.push_back(&families_->backend_up.Add({{"route", r.name}, {"backend", b.addr.text}}));
-        m.backend_active.push_back(
-            &families_->backend_connections_active.Add({{"route", r.name}, {"backend", b.addr.text}}));
-        m.health_checks.push_back(
-            {&families_->health_checks_total.Add({{"route", r.name}, {"backend", b.addr.text}, {"result", "failure"}}),
-             &families_->health_checks_total.Add({{"route", r.name}, {"backend", b.addr.text}, {"result", "success"}})});
+        auto backend = interned::intern<backend_metrics>(
+            interned_, "backend\n" + r.name + "\n" + b.addr.text, [&](auto& g) {
+                auto& m = g.handles;
+                auto& rm = g.removers;
+                const prometheus::Labels labels{{"route", r.name}, {"backend", b.addr.text}};
+                auto with = [&](const char* name, const char* value) {
+                    auto l = labels;
+                    l.emplace(name, value);
+                    return l;
+                };
+                for (std::size_t i = 0; i < connect_error_count; ++i)
+                    m.connect_errors[i] = add_series(rm, f.upstream_connect_errors_total,
+                                                     with("reason", to_string(static_cast<connect_error>(i))));
+                m.up = add_series(rm, f.backend_up, labels);
+                m.active = add_series(rm, f.backend_connections_active, labels);
+                m.health_checks = {add_series(rm, f.health_checks_total, with("result", "failure")),
+                                   add_series(rm, f.health_checks_total, with("result", "success"))};
+            });
+        m.backends.push_back(backend->handles);
+        m.series.push_back(std::move(backend));
     }
-    m.no_backend_up_total = &families_->route_no_backend_up_total.Add({{"route", r.name}});
-    m.bytes_in = &families_->bytes_total.Add({{"route", r.name}, {"direction", "in"}});
-    m.bytes_out = &families_->bytes_total.Add({{"route", r.name}, {"direction", "out"}});
-    m.duration = &families_->connection_duration_seconds.Add(
-        {{"route", r.name}},
-        prometheus::Histogram::BucketBoundaries{0.001, 0.01, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400});
-    m.connect_time = &families_->upstream_connect_seconds.Add(
-        {{"route", r.name}},
-        prometheus::Histogram::BucketBoundaries{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                                0.25, 0.5, 1, 2.5, 5});
-    m.queue_timeouts = &families_->queue_timeouts_total.Add({{"route", r.name}});
     return m;
 }
 
 listener_metrics registry::add_listener(const std::string& listen) {
-    return {&families_->sni_unmatched_total.Add({{"listen", listen}})};
+    auto& f = *families_;
+    auto group = interned::intern<listener_metrics>(interned_, "listen\n" + listen, [&](auto& g) {
+        g.handles.sni_unmatched = add_series(g.removers, f.sni_unmatched_total, {{"listen", listen}});
+    });
+    listener_metrics m = group->handles;
+    m.series = std::move(group);
+    return m;
 }
 
 void registry::add_sampled_counter(const std::string& name, const std::string& help, std::function<double()> value) {

@@ -36,10 +36,21 @@ inline constexpr std::size_t proxy_error_count = 7;
 // Handles of one listen address's series.
 struct listener_metrics {
     prometheus::Counter* sni_unmatched = nullptr;  // connections no match.sni took (default route or closed)
+    std::shared_ptr<const void> series;            // keeps them on /metrics while a copy of this lives
     void unmatched() const;
 };
 
-// Handles of one route's series, created once at startup.
+// Handles of one backend's series (labels: its route and address).
+struct backend_metrics {
+    std::array<prometheus::Counter*, connect_error_count> connect_errors{};  // by connect_error
+    prometheus::Gauge* up = nullptr;
+    prometheus::Gauge* active = nullptr;
+    std::array<prometheus::Counter*, 2> health_checks{};  // [failure, success]
+};
+
+// Handles of one route's series. A route's and each backend's series are kept by the config's names: a
+// reload that keeps a name gets the same series; one that drops it removes them from /metrics once the
+// last copy of these handles (its route table, its last open connection) is gone.
 struct route_metrics {
     std::array<prometheus::Counter*, 3> connections{};  // by datapath::kind
     prometheus::Gauge* active = nullptr;
@@ -47,18 +58,14 @@ struct route_metrics {
     prometheus::Counter* demotions = nullptr;
     std::array<prometheus::Counter*, datapath::fallback_reason_count> sockmap_fallbacks{};
     std::array<prometheus::Counter*, proxy_error_count> proxy_errors{};
-    // [backend index][connect_error]
-    std::vector<std::array<prometheus::Counter*, connect_error_count>> connect_errors;
-    // By backend index (labels: the backend's address).
-    std::vector<prometheus::Gauge*> backend_up;
-    std::vector<prometheus::Gauge*> backend_active;
-    std::vector<std::array<prometheus::Counter*, 2>> health_checks;  // [failure, success]
+    std::vector<backend_metrics> backends;  // by backend index
     prometheus::Counter* no_backend_up_total = nullptr;
     prometheus::Counter* queue_timeouts = nullptr;
     prometheus::Counter* bytes_in = nullptr;   // payload from clients
     prometheus::Counter* bytes_out = nullptr;  // payload from backends
     prometheus::Histogram* duration = nullptr;
     prometheus::Histogram* connect_time = nullptr;
+    std::vector<std::shared_ptr<const void>> series;  // the route's and each backend's: see above
 
     void connection_opened() const;
     void connection_handed_off(datapath::kind k) const;
@@ -81,9 +88,9 @@ class registry {
 public:
     registry();
     ~registry();
-    // Adds every series of a route.
+    // Every series of a route: those it already has (by route name and backend address), else new ones at 0.
     route_metrics add_route(const config::route& r);
-    // Adds the series of a listen address ("listen" label: the address as the config writes it).
+    // The series of a listen address ("listen" label: the address as the config writes it), likewise.
     listener_metrics add_listener(const std::string& listen);
     // A config load: the start (success only) or a reload (SIGHUP), counted by result; a success also
     // sets the last-success timestamp.
@@ -103,6 +110,8 @@ private:
     std::unique_ptr<families> families_;
     struct sampled;
     std::shared_ptr<sampled> sampled_;
+    struct interned;
+    std::shared_ptr<interned> interned_;
     std::shared_ptr<prometheus::Collectable> process_;
 };
 
