@@ -8,6 +8,7 @@
 #include "net/listener.hpp"
 #include "net/resolve.hpp"
 #include "config/loader.hpp"
+#include "proxy/carry_over.hpp"
 #include "proxy/health.hpp"
 #include "proxy/route_table.hpp"
 #include "proxy/session.hpp"
@@ -56,9 +57,6 @@ struct worker {
 net::admit_gate* gate_of(const proxy::listener_routes& g) {
     return g.routes.size() == 1 ? g.routes.front()->admission.get() : nullptr;
 }
-
-// The key of a backend's carried-over state.
-std::string backend_key(const std::string& route, const std::string& address) { return route + '\n' + address; }
 
 // The next SIGTERM or SIGINT; a SIGHUP meanwhile (a reload during a drain) is ignored.
 net::awaitable<void> next_signal(net::asio::signal_set& signals) {
@@ -116,8 +114,7 @@ int reset_open_connections() {
 struct generation {
     std::vector<std::shared_ptr<proxy::route_runtime>> routes;
     std::vector<std::shared_ptr<proxy::listener_routes>> listeners;  // the routes grouped by listen address
-    std::map<std::string, std::shared_ptr<proxy::backend_state>> backend_states;  // by backend_key()
-    std::map<std::string, std::shared_ptr<proxy::admission>> admissions;         // by route name
+    std::vector<std::unique_ptr<proxy::health_checks>> checks;       // from when it is in service
 };
 
 struct app::impl {
@@ -127,6 +124,7 @@ struct app::impl {
     std::optional<datapath::probe_report> report;  // of the probe at start; reloads plan with it
     metrics::registry metrics;
     std::shared_ptr<spdlog::logger> access_log;
+    proxy::carry_over carried;  // backend, queue and limit state by key, for the next generation
     generation current;
     bool draining = false;
     bool reload_wanted = false;  // a SIGHUP came in that no reload has served yet
@@ -148,11 +146,12 @@ struct app::impl {
     datapath::kind resolve(const config::route& r) const;
     void probe();
     // The routes of `c` with their data path plans, backend pools and limits, grouped by listen
-    // address; state of backends and limits that `current` has is carried over. Throws
+    // address; state of backends, queues and limits still in use is carried over by key. Throws
     // std::runtime_error when a route cannot run (e.g. sockmap forced without the BPF engine).
     generation build(const config::config& c, bool log_plans);
+    // Puts `g` in service once every worker runs it: route limits, pools and health checks.
+    void activate(generation& g);
     void open_listeners();
-    void start_health_checks(const generation& g);
     void spawn_accept_loop(worker& w, const std::shared_ptr<listener_slot>& slot);
     net::awaitable<void> reload_loop();
     net::awaitable<void> reload();
@@ -242,29 +241,27 @@ generation app::impl::build(const config::config& c, bool log_plans) {
             spdlog::info("route {}: datapath {} ({})", r.name, datapath::to_string(k), why);
         }
         std::vector<std::shared_ptr<proxy::backend_state>> states;
-        for (const auto& b : r.backends) {
-            const auto key = backend_key(r.name, b.addr.text);
-            auto old = current.backend_states.find(key);
-            auto state = old != current.backend_states.end() ? old->second : std::make_shared<proxy::backend_state>();
-            g.backend_states.emplace(key, state);
-            states.push_back(std::move(state));
-        }
+        for (const auto& b : r.backends)
+            states.push_back(carried.backends.get(proxy::carry_over::backend_key(r.name, b.addr.text),
+                                                  [] { return std::make_shared<proxy::backend_state>(); }));
+        auto queue = carried.queues.get(r.name, [] { return std::make_shared<proxy::backend_queue>(); });
         std::shared_ptr<proxy::admission> limit;
-        if (r.max_connections) {
-            auto old = current.admissions.find(r.name);
-            limit = old != current.admissions.end() ? old->second : std::make_shared<proxy::admission>(r.max_connections);
-            g.admissions.emplace(r.name, limit);
-        }
+        if (r.max_connections)
+            limit = carried.admissions.get(r.name, [&] { return std::make_shared<proxy::admission>(r.max_connections); });
         g.routes.push_back(std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, metrics.add_route(r),
-                                                                  std::move(states), std::move(limit)));
+                                                                  std::move(states), std::move(queue), std::move(limit)));
     }
     g.listeners = proxy::group_by_listener(g.routes, metrics);
     return g;
 }
 
-void app::impl::start_health_checks(const generation& g) {
-    for (const auto& r : g.routes)
-        if (r->cfg.health_check) proxy::start_health_checks(main_io, r->pool, *r->cfg.health_check);
+void app::impl::activate(generation& g) {
+    for (const auto& r : g.routes) {
+        if (r->admission) r->admission->set_limit(r->cfg.max_connections);
+        r->pool->activate();
+        if (r->cfg.health_check)
+            g.checks.push_back(std::make_unique<proxy::health_checks>(main_io, r->pool, *r->cfg.health_check));
+    }
 }
 
 void app::impl::open_listeners() {
@@ -483,8 +480,6 @@ net::awaitable<void> app::impl::apply(config::config next) {
         }
 
     // Now the swap, on every worker's own thread.
-    for (const auto& r : g.routes)
-        if (r->admission) r->admission->set_limit(r->cfg.max_connections);
     std::atomic<std::size_t> pending{workers.size()};
     for (std::size_t i = 0; i < workers.size(); ++i) {
         net::asio::post(workers[i]->io, [this, w = workers[i].get(), added = std::move(opened[i]), &g, &pending,
@@ -515,15 +510,15 @@ net::awaitable<void> app::impl::apply(config::config next) {
         timer.expires_after(std::chrono::microseconds(200));
         co_await timer.async_wait(net::use_tuple);
     }
-    for (const auto& r : current.routes) r->pool->retire();
-    start_health_checks(g);
+    activate(g);
     for (const auto& r : g.routes)
         if (std::none_of(current.routes.begin(), current.routes.end(), [&](const auto& o) { return o->cfg.name == r->cfg.name; }))
             spdlog::info("reload: route {} added", r->cfg.name);
     for (const auto& r : current.routes)
         if (std::none_of(g.routes.begin(), g.routes.end(), [&](const auto& o) { return o->cfg.name == r->cfg.name; }))
             spdlog::info("reload: route {} removed (its open connections run on)", r->cfg.name);
-    current = std::move(g);
+    current = std::move(g);  // the old generation's health checks stop here
+    carried.prune();
     access_log = std::move(next_access_log);
     log::init(next.log);
     cfg = std::move(next);
@@ -534,7 +529,7 @@ app::app(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
     d.access_log = log::make_access_log(d.cfg.log);
     d.probe();
     d.current = d.build(d.cfg, true);
-    d.start_health_checks(d.current);
+    d.activate(d.current);
     d.metrics.config_loaded(false, true);
     d.open_listeners();
     if (d.cfg.metrics.enabled) {
@@ -547,6 +542,7 @@ app::~app() {
     if (!impl_) return;
     impl_->metrics.stop_serving();
     impl_->stop_workers();
+    impl_->current.checks.clear();  // their timers belong to main_io, which goes before `current`
 }
 
 int app::run() {

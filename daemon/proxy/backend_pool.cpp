@@ -1,11 +1,35 @@
 // A route's backends as every worker shares them: health, open connections, balancing, the wait queue.
 #include "proxy/backend_pool.hpp"
 
+#include <algorithm>
 #include <spdlog/spdlog.h>
 
 namespace spliced::proxy {
 
 using clock = std::chrono::steady_clock;
+
+// A connection waiting in a route's queue.
+struct backend_queue::waiter {
+    std::shared_ptr<net::wakeup> wake;
+    client_key client;
+    std::vector<const backend_state*> tried;
+    bool counted_no_up = false;
+    // Set (under the queue's mutex) when a slot was given to it; the waiter makes it a lease. Not a lease
+    // here: a waiter let go under the mutex would give its slot back under it.
+    std::shared_ptr<backend_pool> granted;
+    std::size_t granted_index = 0;
+    backend_pool::lease take() { return backend_pool::lease(std::move(granted), granted_index); }
+};
+
+namespace {
+
+// Whether two checks probe alike (what they send and expect, where, how long they wait): results of one
+// stand for the other. Interval, rise and fall say only how often and how many.
+bool same_probe(const config::health_check& a, const config::health_check& b) {
+    return a.timeout == b.timeout && a.send == b.send && a.expect == b.expect && a.port == b.port;
+}
+
+}  // namespace
 
 backend_pool::lease& backend_pool::lease::operator=(lease&& o) noexcept {
     if (this != &o) {
@@ -21,17 +45,15 @@ void backend_pool::lease::reset() {
 }
 
 backend_pool::backend_pool(const config::route& route, const metrics::route_metrics& metrics,
-                           std::vector<std::shared_ptr<backend_state>> states, std::uint64_t seed)
+                           std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
+                           std::uint64_t seed)
     : route_(route.name),
       backends_(route.backends),
-      active_checks_(route.health_check.has_value()),
+      check_(route.health_check),
       passive_(route.passive),
       metrics_(metrics),
-      states_(std::move(states)) {
-    if (route.health_check) {
-        check_rise_ = route.health_check->rise;
-        check_fall_ = route.health_check->fall;
-    }
+      states_(std::move(states)),
+      queue_(std::move(queue)) {
     std::vector<unsigned> weights;
     for (const auto& b : backends_) weights.push_back(b.weight);
     balancer_ = make_balancer(route.balance, std::move(weights), seed);
@@ -41,15 +63,39 @@ backend_pool::backend_pool(const config::route& route, const metrics::route_metr
     }
 }
 
-bool backend_pool::up(std::size_t index) const {
-    return const_cast<backend_pool*>(this)->up_now(index, clock::now());
+void backend_pool::activate() {
+    for (std::size_t i = 0; i < backends_.size(); ++i) {
+        std::lock_guard lock(states_[i]->mutex);
+        reconcile_locked(i);
+    }
+    std::lock_guard lock(queue_->mutex_);
+    queue_->current_ = weak_from_this();
+    serve_waiters_locked();  // the new backend list may have room the old one had not
+}
+
+void backend_pool::reconcile_locked(std::size_t index) {
+    auto& s = *states_[index];
+    if (s.checked && (!check_ || !s.checked_with || !same_probe(*check_, *s.checked_with))) {
+        // The check that judged it is gone or probes otherwise now: its verdict goes with it (a new check's
+        // first result sets the state at once, as at a start).
+        s.checked = false;
+        s.passes = s.failures = 0;
+        s.checked_with.reset();
+        if (!s.up && !s.down_by_passive)
+            set_up_locked(index, true, check_ ? "its health check changed" : "its route has no health check any more");
+    }
+    if (s.down_by_passive && !passive_) {
+        s.down_by_passive = false;
+        set_up_locked(index, true, "its route has no passive health any more");
+    }
+    publish(index);
 }
 
 bool backend_pool::up_now(std::size_t index, clock::time_point now) {
     auto& s = *states_[index];
     std::lock_guard lock(s.mutex);
     // Ejected by failed connects with no active check to bring it back: back once the eject time is over.
-    if (!s.up && s.down_by_passive && !active_checks_ && now >= s.ejected_until)
+    if (!s.up && s.down_by_passive && !check_ && now >= s.ejected_until)
         set_up_locked(index, true, "passive ejection over");
     return s.up;
 }
@@ -87,7 +133,8 @@ backend_pool::choice backend_pool::choose_locked(waiter& w) {
     bool full = false;
     for (std::size_t i = 0; i < backends_.size(); ++i) {
         const auto& b = backends_[i];
-        if (b.weight == 0 || (i < w.tried.size() && w.tried[i]) || (any_up && !up[i])) continue;
+        if (b.weight == 0 || (any_up && !up[i])) continue;
+        if (std::find(w.tried.begin(), w.tried.end(), states_[i].get()) != w.tried.end()) continue;
         const auto active = states_[i]->active.load(std::memory_order_relaxed);
         if (b.max_connections && active >= b.max_connections) {
             full = true;
@@ -102,53 +149,61 @@ backend_pool::choice backend_pool::choose_locked(waiter& w) {
         std::lock_guard lock(states_[index]->mutex);
         publish(index);
     }
-    w.granted = index;
+    w.granted = shared_from_this();
+    w.granted_index = index;
     return choice::leased;
 }
 
 void backend_pool::serve_waiters_locked() {
-    while (!queue_.empty()) {
-        auto& w = *queue_.front();
-        if (choose_locked(w) != choice::leased) return;  // the oldest waits on: nobody overtakes it
+    auto& q = *queue_;
+    auto pool = q.current_.lock();
+    if (!pool) return;
+    while (!q.waiters_.empty()) {
+        auto& w = *q.waiters_.front();
+        if (pool->choose_locked(w) != choice::leased) return;  // the oldest waits on: nobody overtakes it
         w.wake->wake();
-        queue_.pop_front();
+        q.waiters_.pop_front();
     }
 }
 
 void backend_pool::release(std::size_t index) {
-    std::lock_guard lock(mutex_);
     states_[index]->active.fetch_sub(1, std::memory_order_relaxed);
     {
         std::lock_guard state_lock(states_[index]->mutex);
         publish(index);
     }
+    std::lock_guard lock(queue_->mutex_);
     serve_waiters_locked();
 }
 
-net::awaitable<backend_pool::acquired> backend_pool::acquire(const client_key& client, const std::vector<bool>& tried,
+net::awaitable<backend_pool::acquired> backend_pool::acquire(const client_key& client,
+                                                             const std::vector<const backend_state*>& tried,
                                                              std::chrono::milliseconds queue, bool& counted_no_up) {
     auto w = std::make_shared<waiter>();
     w->client = client;
     w->tried = tried;
     w->counted_no_up = counted_no_up;
+    auto& q = *queue_;
     {
-        std::lock_guard lock(mutex_);
+        std::lock_guard lock(q.mutex_);
+        auto pool = q.current_.lock();
+        if (!pool) pool = shared_from_this();  // not in service yet (or no more): its own choice
         // Behind others already waiting: a newcomer does not overtake them.
-        const choice c = queue_.empty() ? choose_locked(*w) : choice::full;
+        const choice c = q.waiters_.empty() ? pool->choose_locked(*w) : choice::full;
         counted_no_up = w->counted_no_up;
-        if (c == choice::leased) co_return acquired{outcome::leased, lease(shared_from_this(), *w->granted)};
+        if (c == choice::leased) co_return acquired{outcome::leased, w->take()};
         if (c == choice::none) co_return acquired{};
         w->wake = std::make_shared<net::wakeup>(co_await net::asio::this_coro::executor);
-        queue_.push_back(w);
+        q.waiters_.push_back(w);
     }
     const auto deadline = clock::now() + queue;
     for (;;) {
         co_await w->wake->wait(deadline);
-        std::lock_guard lock(mutex_);
+        std::lock_guard lock(q.mutex_);
         counted_no_up = w->counted_no_up;
-        if (w->granted) co_return acquired{outcome::leased, lease(shared_from_this(), *w->granted)};
+        if (w->granted) co_return acquired{outcome::leased, w->take()};
         if (clock::now() >= deadline) {
-            std::erase(queue_, w);
+            std::erase(q.waiters_, w);
             co_return acquired{outcome::queue_timeout, {}};
         }
     }
@@ -162,8 +217,8 @@ void backend_pool::connect_failed(std::size_t index) {
     s.ejected_until = clock::now() + passive_->eject;
     set_up_locked(index, false,
                   std::to_string(s.connect_failures) + " consecutive failed connects" +
-                      (active_checks_ ? ", until a health check passes"
-                                      : ", ejected for " + std::to_string(passive_->eject.count()) + " ms"));
+                      (check_ ? ", until a health check passes"
+                              : ", ejected for " + std::to_string(passive_->eject.count()) + " ms"));
     s.down_by_passive = true;
 }
 
@@ -173,13 +228,27 @@ void backend_pool::connect_succeeded(std::size_t index) {
     states_[index]->connect_failures = 0;
 }
 
+void backend_pool::check_started(std::size_t index, clock::time_point at) {
+    std::lock_guard lock(states_[index]->mutex);
+    states_[index]->last_check = at;
+}
+
+clock::time_point backend_pool::next_check(std::size_t index, const config::health_check& check) {
+    auto& s = *states_[index];
+    std::lock_guard lock(s.mutex);
+    if (!s.checked || !s.checked_with || !same_probe(*s.checked_with, check)) return clock::now();
+    return s.last_check + check.interval;
+}
+
 void backend_pool::check_result(std::size_t index, bool passed, const std::string& why) {
     metrics_.health_checked(index, passed);
+    const unsigned rise = check_ ? check_->rise : 1, fall = check_ ? check_->fall : 1;
     bool came_up = false;
     {
         auto& s = *states_[index];
         std::lock_guard lock(s.mutex);
         const bool was_up = s.up;
+        s.checked_with = check_;
         if (!s.checked) {  // the first result sets the state at once
             s.checked = true;
             s.passes = passed ? 1 : 0;
@@ -189,18 +258,18 @@ void backend_pool::check_result(std::size_t index, bool passed, const std::strin
             s.failures = 0;
             ++s.passes;
             if (s.down_by_passive) set_up_locked(index, true, "health check passed after a passive ejection");
-            else if (s.passes >= check_rise_)
+            else if (s.passes >= rise)
                 set_up_locked(index, true, std::to_string(s.passes) + " health checks passed");
         } else {
             s.passes = 0;
             ++s.failures;
-            if (s.failures >= check_fall_)
+            if (s.failures >= fall)
                 set_up_locked(index, false, std::to_string(s.failures) + " health checks failed, the last: " + why);
         }
         came_up = !was_up && s.up;
     }
     if (came_up) {  // a backend back up may take those waiting
-        std::lock_guard lock(mutex_);
+        std::lock_guard lock(queue_->mutex_);
         serve_waiters_locked();
     }
 }

@@ -1,6 +1,6 @@
 // A route's backends as every worker shares them: health, open connections, the balancer's state and
-// the FIFO of connections waiting for a free backend. Per-backend state is keyed by (route, address)
-// and held by shared_ptr, so that the next route table can take it over.
+// the FIFO of connections waiting for a free backend. Per-backend state is keyed by (route, address) and
+// the queue by route: both outlive a route table, so that the next one takes them over.
 #pragma once
 
 #include "config/config.hpp"
@@ -31,15 +31,33 @@ struct backend_state {
     unsigned passes = 0, failures = 0;     // consecutive active check results
     unsigned connect_failures = 0;         // consecutive failed connects from real traffic
     std::chrono::steady_clock::time_point ejected_until{};  // passive ejection without active checks
+    // The check schedule, kept across reloads: when the last check started, and what it was.
+    std::chrono::steady_clock::time_point last_check{};
+    std::optional<config::health_check> checked_with;
+};
+
+class backend_pool;
+
+// The connections of one route waiting for a backend slot, oldest first: one FIFO for every worker and
+// every route table of the route, so that a slot freed by a connection of any table goes to the oldest
+// waiter of any table. The newest pool in service chooses their backends.
+class backend_queue {
+    friend class backend_pool;
+    struct waiter;
+    std::mutex mutex_;  // the FIFO and the balancers of every pool of the route; before a backend's state mutex
+    std::deque<std::shared_ptr<waiter>> waiters_;
+    std::weak_ptr<backend_pool> current_;
 };
 
 class backend_pool : public std::enable_shared_from_this<backend_pool> {
 public:
-    // `states`: one per backend of `route` (in its order), fresh or taken over from an earlier table.
+    // `states`: one per backend of `route` (in its order), fresh or taken over from an earlier table;
+    // `queue`: the route's, likewise.
     backend_pool(const config::route& route, const metrics::route_metrics& metrics,
-                 std::vector<std::shared_ptr<backend_state>> states, std::uint64_t seed);
+                 std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
+                 std::uint64_t seed);
 
-    // One slot taken on one backend; gives it back when destroyed (a waiter may get it at once).
+    // One slot taken on one backend of one pool; gives it back when destroyed (a waiter may get it at once).
     class lease {
     public:
         lease() = default;
@@ -49,7 +67,9 @@ public:
         ~lease() { reset(); }
         void reset();
         explicit operator bool() const { return pool_ != nullptr; }
+        backend_pool& pool() const { return *pool_; }
         std::size_t index() const { return index_; }
+        const config::backend& backend() const { return pool_->backend(index_); }
 
     private:
         std::shared_ptr<backend_pool> pool_;
@@ -59,63 +79,63 @@ public:
     enum class outcome { leased, no_backend, queue_timeout };
     struct acquired {
         outcome result = outcome::no_backend;
-        lease slot;
+        lease slot;  // of the pool in service when it was granted (a reload may have put a newer one there)
     };
-    // A backend for a new connection, chosen by the balancer among those that are up, have weight > 0,
-    // are not full and are not in `tried` (by index). When none is up, all of them are candidates (a
-    // checker may be wrong; counted once per connection through `counted_no_up`). When every candidate is
-    // full, waits in the pool's FIFO up to `queue` for a slot.
-    net::awaitable<acquired> acquire(const client_key& client, const std::vector<bool>& tried,
+    // A backend for a new connection, chosen by the balancer of the route's newest pool in service among
+    // its backends that are up, have weight > 0, are not full and are not in `tried`. When none is up, all
+    // of them are candidates (a checker may be wrong; counted once per connection through `counted_no_up`).
+    // When every candidate is full, waits in the route's FIFO up to `queue` for a slot.
+    net::awaitable<acquired> acquire(const client_key& client, const std::vector<const backend_state*>& tried,
                                      std::chrono::milliseconds queue, bool& counted_no_up);
+
+    // Puts this pool in service in place of the route's earlier one (a reload's table is in place): its
+    // balancer serves the route's waiters from now on, and the carried-over states are brought in line
+    // with this route's health settings (a backend no check or passive accounting holds down any more is up).
+    void activate();
 
     // Passive health: real traffic's connect results.
     void connect_failed(std::size_t index);
     void connect_succeeded(std::size_t index);
-    // Active health: one check's result and, when it failed, why.
+    // Active health: a check starts (its time is the backend's schedule); its result and, when it failed, why.
+    void check_started(std::size_t index, std::chrono::steady_clock::time_point at);
     void check_result(std::size_t index, bool passed, const std::string& why);
+    // When the backend's next check is due under `check`: at once unless it was checked by the same
+    // check before (a reload keeps the schedule), then one interval after the last.
+    std::chrono::steady_clock::time_point next_check(std::size_t index, const config::health_check& check);
 
     std::size_t size() const { return backends_.size(); }
     const config::backend& backend(std::size_t index) const { return backends_[index]; }
-    const std::string& route_name() const { return route_; }
-    bool up(std::size_t index) const;
-    // Stops the health check loops of this pool (a newer route table has its own).
-    void retire() { retired_.store(true, std::memory_order_relaxed); }
-    bool retired() const { return retired_.load(std::memory_order_relaxed); }
+    const backend_state& state(std::size_t index) const { return *states_[index]; }
+    const metrics::route_metrics& metrics() const { return metrics_; }
+    bool up(std::size_t index) { return up_now(index, std::chrono::steady_clock::now()); }
     std::uint64_t active(std::size_t index) const { return states_[index]->active.load(std::memory_order_relaxed); }
 
 private:
-    struct waiter {
-        std::shared_ptr<net::wakeup> wake;
-        client_key client;
-        std::vector<bool> tried;
-        bool counted_no_up = false;
-        std::optional<std::size_t> granted;  // set (under the mutex) when a slot was given to it
-    };
+    using waiter = backend_queue::waiter;
     enum class choice { leased, full, none };
-    // Under mutex_: picks and takes a slot for `w`'s connection.
+    // Under the queue's mutex: picks and takes a slot for `w`'s connection.
     choice choose_locked(waiter& w);
-    // Under mutex_: hands free slots to waiters, oldest first.
+    // Under the queue's mutex: hands free slots to waiters, oldest first, through the pool in service.
     void serve_waiters_locked();
     void release(std::size_t index);
     // Under the backend's state mutex: its health state changes; logged at warn with why. Serves no
-    // waiter; the caller does that (under mutex_) when it may.
+    // waiter; the caller does that (under the queue's mutex) when it may.
     void set_up_locked(std::size_t index, bool up, const std::string& why);
+    // Under the backend's state mutex: what activate() changes of one carried-over state.
+    void reconcile_locked(std::size_t index);
     // Whether the backend is up now (an expired passive ejection ends here); takes its state mutex.
     bool up_now(std::size_t index, std::chrono::steady_clock::time_point now);
     void publish(std::size_t index);  // the backend's gauges
 
     std::string route_;
     std::vector<config::backend> backends_;
-    bool active_checks_;
-    unsigned check_rise_ = 1, check_fall_ = 1;
+    std::optional<config::health_check> check_;
     std::optional<config::passive_health> passive_;
     metrics::route_metrics metrics_;
     std::vector<std::shared_ptr<backend_state>> states_;
-    std::atomic<bool> retired_{false};
-    mutable std::mutex mutex_;  // the balancer, the queue; taken before a backend's state mutex
-    std::unique_ptr<balancer> balancer_;
-    std::deque<std::shared_ptr<waiter>> queue_;
-    std::vector<candidate> scratch_;  // choose_locked()'s, kept to spare an allocation per connection
+    std::shared_ptr<backend_queue> queue_;
+    std::unique_ptr<balancer> balancer_;  // under the queue's mutex
+    std::vector<candidate> scratch_;      // choose_locked()'s, kept to spare an allocation per connection
     std::vector<bool> up_scratch_;
 };
 

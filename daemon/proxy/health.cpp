@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <arpa/inet.h>
 #include <cstring>
+#include <spdlog/spdlog.h>
 
 namespace spliced::proxy {
 
@@ -50,17 +51,33 @@ net::awaitable<void> timeout_after(std::chrono::milliseconds d) {
     co_await t.async_wait(net::use_tuple);
 }
 
-net::awaitable<void> check_loop(std::shared_ptr<backend_pool> pool, std::size_t index, config::health_check check) {
-    const config::address target = check_target(pool->backend(index).addr, check.port);
-    net::asio::steady_timer next(co_await net::asio::this_coro::executor);
-    while (!pool->retired()) {
+}  // namespace
+
+struct health_checks::shared {
+    std::weak_ptr<backend_pool> pool;
+    config::health_check check;
+    std::vector<std::unique_ptr<net::asio::steady_timer>> timers;  // one per backend
+    bool stopped = false;
+};
+
+namespace {
+
+net::awaitable<void> check_loop(std::shared_ptr<health_checks::shared> sh, std::size_t index, config::address target,
+                                clock::time_point due) {
+    auto& timer = *sh->timers[index];
+    for (;;) {
+        timer.expires_at(due);
+        auto [ec] = co_await timer.async_wait(net::use_tuple);
+        if (ec || sh->stopped) co_return;
         const auto started = clock::now();
-        auto outcome = co_await check_once(target, check);
-        if (pool->retired()) break;  // a reload replaced the pool while this check ran
+        if (auto pool = sh->pool.lock()) pool->check_started(index, started);
+        else co_return;
+        auto outcome = co_await check_once(target, sh->check);
+        if (sh->stopped) co_return;  // a reload replaced these checks while this one ran
+        auto pool = sh->pool.lock();
+        if (!pool) co_return;
         pool->check_result(index, outcome.passed, outcome.why);
-        next.expires_at(started + check.interval);
-        auto [ec] = co_await next.async_wait(net::use_tuple);
-        if (ec) co_return;
+        due = started + sh->check.interval;
     }
 }
 
@@ -79,10 +96,29 @@ net::awaitable<check_outcome> check_once(const config::address& target, const co
     co_return std::get<0>(std::move(result));
 }
 
-void start_health_checks(net::asio::io_context& io, const std::shared_ptr<backend_pool>& pool,
-                         const config::health_check& check) {
-    for (std::size_t i = 0; i < pool->size(); ++i)
-        net::asio::co_spawn(io, check_loop(pool, i, check), net::asio::detached);
+health_checks::health_checks(net::asio::io_context& io, const std::shared_ptr<backend_pool>& pool,
+                             const config::health_check& check)
+    : shared_(std::make_shared<shared>()) {
+    shared_->pool = pool;
+    shared_->check = check;
+    for (std::size_t i = 0; i < pool->size(); ++i) {
+        shared_->timers.push_back(std::make_unique<net::asio::steady_timer>(io));
+        auto target = check_target(pool->backend(i).addr, check.port);
+        net::asio::co_spawn(io, check_loop(shared_, i, std::move(target), pool->next_check(i, check)),
+                            [](std::exception_ptr e) {
+                                if (!e) return;
+                                try {
+                                    std::rethrow_exception(e);
+                                } catch (const std::exception& ex) {
+                                    spdlog::error("health check loop failed: {}", ex.what());
+                                }
+                            });
+    }
+}
+
+health_checks::~health_checks() {
+    shared_->stopped = true;
+    for (auto& t : shared_->timers) t->cancel();
 }
 
 }  // namespace spliced::proxy

@@ -56,17 +56,18 @@ std::string endpoint_text(const net::tcp::socket& s, bool remote) {
 net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route, std::uint64_t id,
                                                             const client_key& client, backend_pool::lease& slot,
                                                             const char*& end) {
-    auto& pool = *route.pool;
-    std::vector<bool> tried(pool.size(), false);
+    std::vector<const backend_state*> tried;
     bool counted_no_up = false;
-    for (std::size_t attempt = 0; attempt < pool.size(); ++attempt) {
-        auto got = co_await pool.acquire(client, tried, route.cfg.timeouts.queue, counted_no_up);
+    for (std::size_t attempt = 0; attempt < route.pool->size(); ++attempt) {
+        auto got = co_await route.pool->acquire(client, tried, route.cfg.timeouts.queue, counted_no_up);
         if (got.result == backend_pool::outcome::queue_timeout) {
             route.metrics.queue_timeout();
             end = "queue_timeout";
             co_return std::nullopt;
         }
         if (got.result != backend_pool::outcome::leased) break;
+        // The pool that granted it: the route's newest in service, which a reload may have made since.
+        auto& pool = got.slot.pool();
         const std::size_t index = got.slot.index();
         const auto& backend = pool.backend(index);
         const auto started = std::chrono::steady_clock::now();
@@ -77,8 +78,8 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
             slot = std::move(got.slot);
             co_return std::move(outcome.socket);
         }
-        tried[index] = true;
-        route.metrics.connect_failed(index, outcome.reason);
+        tried.push_back(&pool.state(index));
+        pool.metrics().connect_failed(index, outcome.reason);
         spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.addr.text,
                      metrics::to_string(outcome.reason), outcome.error.message());
         // No socket of our own after a whole connect timeout: another backend needs one just the same.
@@ -181,7 +182,7 @@ private:
     std::uint64_t id_;
     std::chrono::steady_clock::time_point started_;
     std::string client_text_;
-    std::optional<std::size_t> backend_;
+    const std::string* backend_ = nullptr;  // the address of the backend reached (in slot_'s pool)
     admission* admitted_ = nullptr;  // the limit this connection holds a place of
     backend_pool::lease slot_;       // its place on the backend: active until the session ends
     std::size_t consumed_ = 0;       // bytes of the client's stream the preamble took (a PROXY header)
@@ -308,7 +309,7 @@ net::awaitable<void> session::run() {
         co_return;
     }
     upstream_ = std::move(*upstream);
-    backend_ = slot_.index();
+    backend_ = &slot_.backend().addr.text;
     if (cut_) {
         finish(datapath::end_reason::shutdown, true);
         co_return;
@@ -377,7 +378,7 @@ void session::finish(datapath::end_reason why, bool cut_short) {
     env_.access_log->info("conn={} route={} client={} backend={} datapath={} duration_ms={} bytes_in={} bytes_out={} "
                           "end={}",
                           id_, route_name, client_text_.empty() ? "?" : client_text_,
-                          backend_ ? route_->pool->backend(*backend_).addr.text : std::string("-"),
+                          backend_ ? *backend_ : std::string("-"),
                           p ? p->paths.text() : std::string("-"), duration, in > consumed_ ? in - consumed_ : 0,
                           p ? p->payload_received(upstream_, from_upstream.bytes_received) : 0, end);
 }
@@ -385,9 +386,10 @@ void session::finish(datapath::end_reason why, bool cut_short) {
 }  // namespace
 
 route_runtime::route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
-                             std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<proxy::admission> limit)
+                             std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
+                             std::shared_ptr<proxy::admission> limit)
     : cfg(std::move(c)), plan(p), metrics(std::move(m)), admission(std::move(limit)) {
-    pool = std::make_shared<backend_pool>(cfg, metrics, std::move(states), std::random_device{}());
+    pool = std::make_shared<backend_pool>(cfg, metrics, std::move(states), std::move(queue), std::random_device{}());
 }
 
 net::awaitable<void> run_session(std::shared_ptr<const listener_routes> listener, session_env env,

@@ -26,11 +26,12 @@ namespace spliced::proxy {
 // A route as the sessions see it: its config, the data path planned at startup, its metrics, its
 // backend pool and its connection limit.
 struct route_runtime {
-    // `states`: one per backend (fresh, or carried over from an earlier table).
-    // `states`: one per backend (fresh, or carried over from an earlier table); `limit`: the route's
-    // max_connections place count (carried over too), null without max_connections.
+    // `states`: one per backend, `queue`: the route's backend queue (both fresh, or carried over from an
+    // earlier table); `limit`: the route's max_connections place count (carried over too), null without
+    // max_connections.
     route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
-                  std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<proxy::admission> limit);
+                  std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
+                  std::shared_ptr<proxy::admission> limit);
     config::route cfg;
     datapath::plan plan;
     metrics::route_metrics metrics;

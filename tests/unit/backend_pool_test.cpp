@@ -20,20 +20,25 @@ config::route route_with(const std::string& extra, const std::string& backends) 
 struct fixture {
     metrics::registry registry;
     config::route cfg;
+    std::vector<std::shared_ptr<proxy::backend_state>> states;
+    std::shared_ptr<proxy::backend_queue> queue = std::make_shared<proxy::backend_queue>();
     std::shared_ptr<backend_pool> pool;
     explicit fixture(config::route r) : cfg(std::move(r)) {
-        std::vector<std::shared_ptr<proxy::backend_state>> states;
         for (std::size_t i = 0; i < cfg.backends.size(); ++i) states.push_back(std::make_shared<proxy::backend_state>());
-        pool = std::make_shared<backend_pool>(cfg, registry.add_route(cfg), std::move(states), 1);
+        pool = std::make_shared<backend_pool>(cfg, registry.add_route(cfg), states, queue, 1);
+        pool->activate();
     }
     // acquire() run to completion on a private io_context.
     backend_pool::acquired acquire(std::vector<bool> tried = {}, std::chrono::milliseconds queue = std::chrono::milliseconds(0)) {
         net::asio::io_context io;
         backend_pool::acquired out;
         bool counted = false;
-        if (tried.empty()) tried.assign(pool->size(), false);
-        net::asio::co_spawn(io, [&]() -> net::awaitable<void> { out = co_await pool->acquire({}, tried, queue, counted); },
-                            net::asio::detached);
+        std::vector<const proxy::backend_state*> tried_states;
+        for (std::size_t i = 0; i < tried.size(); ++i)
+            if (tried[i]) tried_states.push_back(&pool->state(i));
+        net::asio::co_spawn(
+            io, [&]() -> net::awaitable<void> { out = co_await pool->acquire({}, tried_states, queue, counted); },
+            net::asio::detached);
         io.run();
         return out;
     }
@@ -119,7 +124,7 @@ TEST_CASE("full backends are skipped; when all are full a connection waits, FIFO
     // Two waiters on another thread's io_context; a release hands the slot to the older one.
     net::asio::io_context io;
     std::vector<int> order;
-    std::vector<bool> none(2, false);
+    const std::vector<const proxy::backend_state*> none;
     bool c1 = false, c2 = false;
     backend_pool::acquired first, second;
     net::asio::co_spawn(io, [&]() -> net::awaitable<void> {
@@ -149,4 +154,85 @@ TEST_CASE("weight 0 takes no new connection", "[pool]") {
     fixture f(route_with("", "      - { address: 127.0.0.1:9001, weight: 0 }\n      - address: 127.0.0.1:9002\n"));
     for (int i = 0; i < 5; ++i) CHECK(f.acquire().slot.index() == 1);
     CHECK(f.acquire({false, true}).result == backend_pool::outcome::no_backend);
+}
+
+namespace {
+
+// A second pool for the same route and backends, as a reload builds it: the same states and queue.
+std::shared_ptr<backend_pool> next_table(fixture& f, const config::route& cfg, metrics::registry& registry,
+                                         std::shared_ptr<proxy::backend_queue> queue) {
+    std::vector<std::shared_ptr<proxy::backend_state>> states;
+    for (std::size_t i = 0; i < cfg.backends.size(); ++i) {
+        // The states by address: a backend the new list keeps is the old one's.
+        std::shared_ptr<proxy::backend_state> found;
+        for (std::size_t j = 0; j < f.cfg.backends.size(); ++j)
+            if (f.cfg.backends[j].addr.text == cfg.backends[i].addr.text) found = f.states[j];
+        states.push_back(found ? found : std::make_shared<proxy::backend_state>());
+    }
+    return std::make_shared<backend_pool>(cfg, registry.add_route(cfg), std::move(states), std::move(queue), 2);
+}
+
+}  // namespace
+
+TEST_CASE("a slot freed on an old table's pool goes to the oldest waiter, through the newest pool", "[pool]") {
+    const std::string one = "      - { address: 127.0.0.1:9001, max_connections: 1 }\n";
+    fixture f(route_with("", one));
+    auto held = f.acquire();
+    REQUIRE(held.result == backend_pool::outcome::leased);
+
+    net::asio::io_context io;
+    bool counted = false;
+    backend_pool::acquired waited;
+    const std::vector<const proxy::backend_state*> none;
+    net::asio::co_spawn(io, [&]() -> net::awaitable<void> {
+        waited = co_await f.pool->acquire({}, none, std::chrono::seconds(5), counted);
+    }, net::asio::detached);
+    std::thread runner([&] { io.run(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // queued behind the held slot
+    // A reload: the same backend plus one that takes no connection (so the waiter still waits).
+    auto cfg = route_with("", one + "      - { address: 127.0.0.1:9002, weight: 0 }\n");
+    auto next = next_table(f, cfg, f.registry, f.queue);
+    next->activate();
+    const auto t0 = std::chrono::steady_clock::now();
+    held.slot.reset();  // the old table's connection ends
+    runner.join();
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));  // served now, not at its queue timeout
+    REQUIRE(waited.result == backend_pool::outcome::leased);
+    CHECK(&waited.slot.pool() == next.get());
+    CHECK(waited.slot.backend().addr.text == "127.0.0.1:9001");
+    CHECK(next->active(0) == 1);
+}
+
+TEST_CASE("a backend a check held down is up once its route has no check, and its series say so", "[pool]") {
+    fixture f(route_with("    health_check: { rise: 1, fall: 1 }\n", two));
+    f.pool->check_result(1, false, "refused");
+    CHECK_FALSE(f.pool->up(1));
+    auto next = next_table(f, route_with("", two), f.registry, f.queue);
+    CHECK_FALSE(next->up(1));  // built, not yet in service: nothing changes (a reload may still fail)
+    next->activate();
+    CHECK(next->up(1));
+    CHECK(f.pool->up(1));  // the state is one
+}
+
+TEST_CASE("a reload keeps a backend's check schedule unless the check probes otherwise", "[pool]") {
+    using namespace std::chrono_literals;
+    const auto cfg = route_with("    health_check: { interval: 10s, timeout: 1s, send: PING, expect: PONG }\n", two);
+    fixture f(cfg);
+    const auto started = std::chrono::steady_clock::now();
+    f.pool->check_started(0, started);
+    f.pool->check_result(0, true, "");
+    CHECK(f.pool->next_check(0, *cfg.health_check) == started + 10s);
+    auto before = std::chrono::steady_clock::now();
+    CHECK(f.pool->next_check(1, *cfg.health_check) - before < 1s);  // never checked: now
+
+    auto slower = route_with("    health_check: { interval: 20s, timeout: 1s, send: PING, expect: PONG }\n", two);
+    auto next = next_table(f, slower, f.registry, f.queue);
+    next->activate();
+    CHECK(next->next_check(0, *slower.health_check) == started + 20s);  // the same probe: its schedule goes on
+
+    auto other = route_with("    health_check: { interval: 10s, timeout: 1s, send: PING, expect: PANG }\n", two);
+    auto third = next_table(f, other, f.registry, f.queue);
+    third->activate();
+    before = std::chrono::steady_clock::now();
+    CHECK(third->next_check(0, *other.health_check) - before < 1s);  // another probe: at once
 }
