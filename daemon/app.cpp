@@ -5,6 +5,7 @@
 #include "datapath/splice_pump.hpp"
 #include "log/log.hpp"
 #include "metrics/metrics.hpp"
+#include "net/listen_claim.hpp"
 #include "net/listener.hpp"
 #include "net/resolve.hpp"
 #include "config/loader.hpp"
@@ -126,6 +127,7 @@ struct app::impl {
     std::shared_ptr<spdlog::logger> access_log;
     proxy::carry_over carried;  // backend, queue and limit state by key, for the next generation
     generation current;
+    std::map<std::string, net::listen_claim> claims;  // by listen address: every address listened on
     bool draining = false;
     bool reload_wanted = false;  // a SIGHUP came in that no reload has served yet
     bool reloading = false;      // reload_loop() runs
@@ -470,6 +472,9 @@ net::awaitable<void> app::impl::apply(config::config next) {
     auto next_access_log = next.log.access_log == cfg.log.access_log && next.log.access_log == "stdout"
                                ? access_log  // nothing to reopen
                                : log::make_access_log(next.log);
+    std::map<std::string, net::listen_claim> claimed;  // the new addresses, claimed before they are bound
+    for (const auto& group : g.listeners)
+        if (!claims.contains(group->addr.text)) claimed.emplace(group->addr.text, group->addr);
     std::vector<std::vector<std::shared_ptr<listener_slot>>> opened(workers.size());
     for (std::size_t i = 0; i < workers.size(); ++i)
         for (const auto& group : g.listeners) {
@@ -517,6 +522,10 @@ net::awaitable<void> app::impl::apply(config::config next) {
     for (const auto& r : current.routes)
         if (std::none_of(g.routes.begin(), g.routes.end(), [&](const auto& o) { return o->cfg.name == r->cfg.name; }))
             spdlog::info("reload: route {} removed (its open connections run on)", r->cfg.name);
+    std::erase_if(claims, [&](const auto& kv) {
+        return std::none_of(g.listeners.begin(), g.listeners.end(), [&](const auto& l) { return l->addr.text == kv.first; });
+    });
+    claims.merge(claimed);
     current = std::move(g);  // the old generation's health checks stop here
     carried.prune();
     access_log = std::move(next_access_log);
@@ -531,11 +540,13 @@ app::app(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
     d.current = d.build(d.cfg, true);
     d.activate(d.current);
     d.metrics.config_loaded(false, true);
-    d.open_listeners();
+    // First of all that binds: another spliced on one of these addresses refuses this start here.
+    for (const auto& group : d.current.listeners) d.claims.emplace(group->addr.text, group->addr);
     if (d.cfg.metrics.enabled) {
         d.metrics.serve(d.cfg.metrics.listen);
         spdlog::info("metrics on http://{}/metrics", d.cfg.metrics.listen.text);
     }
+    d.open_listeners();  // last: a start that fails before this binds no listen address
 }
 
 app::~app() {
