@@ -24,6 +24,7 @@
 #include <map>
 #include <cstdlib>
 #include <dirent.h>
+#include <malloc.h>
 #include <stdexcept>
 #include <sys/socket.h>
 #include <thread>
@@ -443,6 +444,9 @@ net::awaitable<void> app::impl::reload() {
         spdlog::error("reload failed, the running config stays: {}", e.what());
     }
     metrics.config_loaded(true, ok);
+    // Parsing a large file (or one refused for its size) took memory the daemon will not use again: hand
+    // it back rather than keep it for the life of the process.
+    ::malloc_trim(0);
     if (ok)
         spdlog::info("reload done in {} ms: {} route(s) on {} listen address(es)",
                      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count(),

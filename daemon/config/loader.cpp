@@ -1,7 +1,10 @@
 // Reads a spliced YAML config file into config structs, refusing anything unknown or invalid with its position.
 #include "config/loader.hpp"
 
+#include "config/yaml_tree.hpp"
+
 #include "proxy/sni_match.hpp"
+#include "sys/fd.hpp"
 
 #include <algorithm>
 #include <arpa/inet.h>
@@ -10,13 +13,14 @@
 #include <cstring>
 #include <fcntl.h>
 #include <map>
+#include <new>
+#include <optional>
 #include <set>
 #include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <variant>
-#include <yaml-cpp/eventhandler.h>
-#include <yaml-cpp/yaml.h>
+#include <yaml-cpp/exceptions.h>
 
 namespace spliced::config {
 
@@ -191,28 +195,42 @@ namespace {
 // One key of a mapping: the key node (the position to blame when the value is empty) and its value.
 struct field {
     std::string what;  // how messages name it: "drain_timeout", "timeouts.connect"
-    YAML::Node key;
-    YAML::Node value;
+    yaml::node key;
+    yaml::node value;
 };
 
-const char* kind_of(const YAML::Node& n) {
+const char* kind_of(const yaml::node& n) {
     if (n.IsSequence()) return "a list";
     if (n.IsMap()) return "a mapping";
     if (n.IsNull()) return "nothing";
     return "a single value";
 }
 
+// Opens `path` for appending as the access log will (creating the file, never its directory); nullopt
+// when it can, else why not.
+std::optional<std::string> appendable(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY, 0640);
+    if (fd < 0) return std::string(std::strerror(errno));
+    struct stat st {};
+    const bool regular = ::fstat(fd, &st) == 0 && (S_ISREG(st.st_mode) || S_ISCHR(st.st_mode) || S_ISFIFO(st.st_mode));
+    ::close(fd);
+    if (!regular) return std::string("not a file");
+    return std::nullopt;
+}
+
 // Walks the YAML tree; every error carries the position of the node it is about.
 class reader {
 public:
-    reader(std::string source, const resolver& resolve) : source_(std::move(source)), resolve_(resolve) {}
+    // `open_files`: check that the files the config names can be opened (log.access_log).
+    reader(std::string source, const resolver& resolve, bool open_files)
+        : source_(std::move(source)), resolve_(resolve), open_files_(open_files) {}
 
-    [[noreturn]] void fail(const YAML::Node& at, const std::string& message) const {
+    [[noreturn]] void fail(const yaml::node& at, const std::string& message) const {
         auto m = at.Mark();
         throw config_error(source_, m.line + 1, m.column + 1, message);
     }
 
-    config read(const YAML::Node& root) {
+    config read(const yaml::node& root) {
         if (!root.IsMap()) fail(root, std::string("the config must be a mapping of keys, not ") + kind_of(root));
         mapping top(*this, root, "the config",
                     {"datapath", "workers", "drain_timeout", "metrics", "log", "sockmap", "routes"});
@@ -234,6 +252,9 @@ public:
             if (auto lf = l.get("access_log")) {
                 c.log.access_log = scalar(*lf);
                 if (c.log.access_log.empty()) fail(lf->value, "log.access_log must be stdout, off or a file path");
+                if (open_files_ && c.log.access_log != "stdout" && c.log.access_log != "off")
+                    if (auto why = appendable(c.log.access_log))
+                        fail(lf->value, "log.access_log: cannot open '" + c.log.access_log + "': " + *why);
             }
         }
         if (auto f = top.get("sockmap")) {
@@ -241,7 +262,7 @@ public:
             if (auto sf = s.get("capacity")) c.sockmap.capacity = capacity(*sf);
         }
         auto routes = top.require("routes");
-        const YAML::Node& list = value(routes);
+        const yaml::node& list = value(routes);
         if (!list.IsSequence()) fail(list, std::string("routes must be a list of routes, not ") + kind_of(list));
         if (list.size() == 0) fail(list, "routes is empty: at least one route is needed");
         for (std::size_t i = 0; i < list.size(); ++i) c.routes.push_back(read_route(item(list, i, "routes"), c.datapath));
@@ -253,14 +274,14 @@ private:
     // A mapping whose keys have been checked against the known and the not-yet-supported ones.
     class mapping {
     public:
-        mapping(const reader& r, const YAML::Node& map, std::string where, std::initializer_list<const char*> known,
+        mapping(const reader& r, const yaml::node& map, std::string where, std::initializer_list<const char*> known,
                 std::initializer_list<const char*> not_yet = {})
             : reader_(r), node_(map), where_(std::move(where)) {
             if (!map.IsMap()) r.fail(map, where_ + " must be a mapping, not " + kind_of(map));
             for (auto it = map.begin(); it != map.end(); ++it) {
                 // By value: yaml-cpp's operator-> returns a temporary pair, so a reference to its
                 // member dangles once this statement ends (AddressSanitizer: stack-use-after-scope).
-                const YAML::Node key = it->first;
+                const yaml::node key = it->first;
                 if (!key.IsScalar()) r.fail(key, "keys in " + where_ + " must be plain names, not " + kind_of(key));
                 const std::string& name = key.Scalar();
                 if (fields_.count(name)) r.fail(key, "duplicate key '" + name + "' in " + where_);
@@ -300,31 +321,31 @@ private:
         }
 
         const reader& reader_;
-        YAML::Node node_;
+        yaml::node node_;
         std::string where_;
         std::map<std::string, field> fields_;
     };
 
     // The value of a key; an empty value (`key:`) is blamed on the key, as yaml-cpp places it at the next token.
-    const YAML::Node& value(const field& f) const {
+    const yaml::node& value(const field& f) const {
         if (f.value.IsNull()) fail(f.key, f.what + " needs a value");
         return f.value;
     }
 
-    const YAML::Node& map_value(const field& f) const {
-        const YAML::Node& v = value(f);
+    const yaml::node& map_value(const field& f) const {
+        const yaml::node& v = value(f);
         if (!v.IsMap()) fail(v, f.what + " must be a mapping, not " + kind_of(v));
         return v;
     }
 
     // Entry i of a list; an empty entry (`-` alone) is blamed on the list.
-    YAML::Node item(const YAML::Node& list, std::size_t i, const std::string& what) const {
-        YAML::Node n = list[i];
+    yaml::node item(const yaml::node& list, std::size_t i, const std::string& what) const {
+        yaml::node n = list[i];
         if (n.IsNull()) fail(list, what + " entry " + std::to_string(i + 1) + " is empty");
         return n;
     }
 
-    std::string scalar(const YAML::Node& n, const std::string& what) const {
+    std::string scalar(const yaml::node& n, const std::string& what) const {
         if (!n.IsScalar()) fail(n, what + " must be a single value, not " + kind_of(n));
         return n.Scalar();
     }
@@ -333,7 +354,7 @@ private:
 
     std::chrono::milliseconds duration(const field& f, bool allow_zero) const {
         auto text = scalar(f);
-        const YAML::Node& n = f.value;
+        const yaml::node& n = f.value;
         bool digits_only = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
         if (digits_only) fail(n, f.what + ": duration needs a unit, e.g. 2s (got '" + text + "')");
         auto d = parse_duration(text);
@@ -342,7 +363,7 @@ private:
         return *d;
     }
 
-    address addr(const YAML::Node& n, const std::string& what) const {
+    address addr(const yaml::node& n, const std::string& what) const {
         auto text = scalar(n, what);
         auto parsed = parse_address_or_reason(text);
         if (auto* reason = std::get_if<std::string>(&parsed))
@@ -427,7 +448,7 @@ private:
 
     // A backend's address: an IP literal, or hostname:port resolved to every address it has (in a stable
     // order: IPv4 before IPv6, then by address), each a backend of its own.
-    std::vector<address> backend_addresses(const YAML::Node& n) const {
+    std::vector<address> backend_addresses(const yaml::node& n) const {
         auto text = scalar(n, "backend address");
         auto parsed = parse_address_or_reason(text);
         if (auto* a = std::get_if<address>(&parsed)) return {std::move(*a)};
@@ -462,7 +483,7 @@ private:
 
     // Adds a listen address, refusing one that metrics or the same route already uses; routes that share
     // one are checked once all are read (check_shared_listens).
-    address listen_address(const YAML::Node& n, const std::string& route_name) {
+    address listen_address(const yaml::node& n, const std::string& route_name) {
         auto a = addr(n, "listen");
         auto it = listens_.find(a.text);
         if (it != listens_.end()) fail(n, "listen address " + a.text + " is already used by " + it->second);
@@ -489,7 +510,7 @@ private:
             for (const auto& p : first.sni) taken.emplace(p, first.name);
             for (std::size_t i = 1; i < users.size(); ++i) {
                 const route& r = find(users[i].route);
-                const YAML::Node& at = users[i].node;
+                const yaml::node& at = users[i].node;
                 const std::string both = "routes '" + first.name + "' and '" + r.name + "' share " + text;
                 if (r.sni.empty()) {
                     if (fallback)
@@ -523,7 +544,7 @@ private:
         fail(f.value, f.what + " must be true or false (got '" + v + "')");
     }
 
-    route read_route(const YAML::Node& n, datapath_kind default_path) {
+    route read_route(const yaml::node& n, datapath_kind default_path) {
         mapping m(*this, n, "route",
                   {"name", "listen", "match", "datapath", "balance", "timeouts", "accept_proxy_protocol",
                    "trusted_proxies", "send_proxy_protocol", "backends", "max_connections", "health_check",
@@ -538,7 +559,7 @@ private:
         m.rename("route '" + r.name + "'");
 
         auto listen = m.require("listen");
-        const YAML::Node& l = value(listen);
+        const yaml::node& l = value(listen);
         if (l.IsSequence()) {
             if (l.size() == 0) fail(l, "route '" + r.name + "': listen is an empty list");
             for (std::size_t i = 0; i < l.size(); ++i) r.listen.push_back(listen_address(item(l, i, "listen"), r.name));
@@ -571,8 +592,8 @@ private:
         if (auto f = m.get("match")) {
             mapping mt(*this, map_value(*f), "match", {"sni"});
             auto sni = mt.require("sni");
-            const YAML::Node& list = value(sni);
-            std::vector<YAML::Node> names;
+            const yaml::node& list = value(sni);
+            std::vector<yaml::node> names;
             if (list.IsSequence()) {
                 if (list.size() == 0) fail(list, "match.sni is an empty list");
                 for (std::size_t i = 0; i < list.size(); ++i) names.push_back(item(list, i, "match.sni"));
@@ -592,7 +613,7 @@ private:
         if (auto f = m.get("accept_proxy_protocol")) r.accept_proxy_protocol = boolean(*f);
         if (auto f = m.get("trusted_proxies")) {
             if (!r.accept_proxy_protocol) fail(f->key, "trusted_proxies needs accept_proxy_protocol: true");
-            const YAML::Node& list = value(*f);
+            const yaml::node& list = value(*f);
             if (!list.IsSequence()) fail(list, std::string("trusted_proxies must be a list, not ") + kind_of(list));
             if (list.size() == 0) fail(list, "trusted_proxies is an empty list (leave it out to trust every source)");
             for (std::size_t i = 0; i < list.size(); ++i) {
@@ -613,10 +634,10 @@ private:
         }
 
         auto backends = m.require("backends");
-        const YAML::Node& list = value(backends);
+        const yaml::node& list = value(backends);
         if (!list.IsSequence()) fail(list, std::string("backends must be a list, not ") + kind_of(list));
         if (list.size() == 0) fail(list, "route '" + r.name + "' has an empty backend list");
-        std::map<std::string, YAML::Node> seen;  // backend address -> its entry
+        std::map<std::string, yaml::node> seen;  // backend address -> its entry
         for (std::size_t i = 0; i < list.size(); ++i) {
             mapping b(*this, item(list, i, "backends"), "backend", {"address", "weight", "max_connections"});
             auto where = b.require("address");
@@ -639,109 +660,101 @@ private:
 
     struct listen_user {
         std::string route;
-        YAML::Node node;  // the listen entry, for messages
+        yaml::node node;  // the listen entry, for messages
     };
     std::string source_;
     const resolver& resolve_;
+    bool open_files_;
     std::set<std::string> names_;                  // route names seen so far
     std::map<std::string, std::string> listens_;  // metrics.listen -> "metrics.listen"
     std::map<std::string, std::vector<listen_user>> shared_;     // route listen address -> routes on it
-    std::map<std::string, std::vector<YAML::Node>> sni_nodes_;  // route -> its match.sni entries
+    std::map<std::string, std::vector<yaml::node>> sni_nodes_;  // route -> its match.sni entries
 };
 
 }  // namespace
 
 namespace {
 
-// Parser events, ignored except for where the latest document's first node is.
-class document_marks : public YAML::EventHandler {
-public:
-    YAML::Mark start;
-    void OnDocumentStart(const YAML::Mark& mark) override {
-        start = mark;
-        seen_ = false;
+// Line and column (1-based) of byte `at` of `text`.
+std::pair<int, int> position_of(std::string_view text, std::size_t at) {
+    int line = 1, column = 1;
+    for (std::size_t i = 0; i < at; ++i) {
+        if (text[i] == '\n') {
+            ++line;
+            column = 1;
+        } else {
+            ++column;
+        }
     }
-    void OnDocumentEnd() override {}
-    void OnNull(const YAML::Mark& m, YAML::anchor_t) override { node(m); }
-    void OnAlias(const YAML::Mark& m, YAML::anchor_t) override { node(m); }
-    void OnScalar(const YAML::Mark& m, const std::string&, YAML::anchor_t, const std::string&) override { node(m); }
-    void OnSequenceStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
-        node(m);
-    }
-    void OnSequenceEnd() override {}
-    void OnMapStart(const YAML::Mark& m, const std::string&, YAML::anchor_t, YAML::EmitterStyle::value) override {
-        node(m);
-    }
-    void OnMapEnd() override {}
+    return {line, column};
+}
 
-private:
-    void node(const YAML::Mark& m) {
-        if (!seen_) start = m;
-        seen_ = true;
+config load(std::string_view yaml, const std::string& source, const resolver& resolve, bool open_files) {
+    if (auto nul = yaml.find('\0'); nul != std::string_view::npos) {
+        auto [line, column] = position_of(yaml, nul);
+        throw config_error(source, line, column, "a NUL byte: a config is text");
     }
-    bool seen_ = false;
-};
+    yaml::parsed doc;
+    try {
+        doc = yaml::parse(yaml, max_config_nodes);
+    } catch (const YAML::Exception& e) {
+        // ParserException and friends; a mark-less exception has line/column -1 and reports 0:0.
+        throw config_error(source, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg);
+    } catch (const yaml::too_many_nodes& e) {
+        throw config_error(source, e.at.line + 1, e.at.column + 1,
+                           "the config has more than " + std::to_string(max_config_nodes) +
+                               " YAML nodes (values, lists and mappings)");
+    }
+    const yaml::node root = doc.first.root();
+    if (!root || root.IsNull()) throw config_error(source, 1, 1, "config is empty");
+    if (doc.second)
+        throw config_error(source, doc.second->line + 1, doc.second->column + 1,
+                           "only one YAML document is allowed in a config file");
+    return reader(source, resolve, open_files).read(root);
+}
+
+// Whatever runs out of memory reading a config refuses that config, and only that.
+template <typename F>
+config without_exhaustion(const std::string& source, F&& f) {
+    try {
+        return f();
+    } catch (const std::bad_alloc&) {
+        throw config_error(source, 0, 0, "out of memory while reading the config");
+    }
+}
 
 }  // namespace
 
 config load_string(std::string_view yaml, const std::string& source, const resolver& resolve) {
-    // Not YAML::LoadAll: yaml-cpp 0.7's LoadAll loops for ever, allocating, on some broken input
-    // (a stray ',' after a scalar; found by the config fuzzer). One document is loaded, and the
-    // parser is asked for at most two to tell a second document apart.
-    YAML::Node root;
-    bool second_document = false;
-    YAML::Mark second_at;
-    try {
-        root = YAML::Load(std::string(yaml));
-        std::istringstream in{std::string(yaml)};
-        YAML::Parser parser(in);
-        document_marks marks;
-        if (parser.HandleNextDocument(marks) && parser.HandleNextDocument(marks)) {
-            second_document = true;
-            second_at = marks.start;
-        }
-    } catch (const YAML::Exception& e) {
-        // ParserException and friends; a mark-less exception has line/column -1 and reports 0:0.
-        throw config_error(source, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg);
-    }
-    if (!root || root.IsNull()) throw config_error(source, 1, 1, "config is empty");
-    if (second_document)
-        throw config_error(source, second_at.line + 1, second_at.column + 1,
-                           "only one YAML document is allowed in a config file");
-    return reader(source, resolve).read(root);
+    return without_exhaustion(source, [&] { return load(yaml, source, resolve, false); });
 }
 
 config load_file(const std::string& path, const resolver& resolve) {
-    auto cannot = [&](int err) {
-        return config_error(path, 0, 0, std::string("cannot open config file: ") + std::strerror(err));
-    };
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw cannot(errno);
+    auto cannot = [&](const std::string& why) { return config_error(path, 0, 0, "cannot open config file: " + why); };
+    sys::unique_fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+    if (!fd) throw cannot(std::strerror(errno));
     struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        int err = errno;
-        ::close(fd);
-        throw cannot(err);
-    }
-    if (S_ISDIR(st.st_mode)) {
-        ::close(fd);
-        throw cannot(EISDIR);
-    }
-    std::string text;
-    char buf[16384];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof(buf));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int err = errno;
-            ::close(fd);
-            throw cannot(err);
+    if (::fstat(fd.get(), &st) != 0) throw cannot(std::strerror(errno));
+    if (!S_ISREG(st.st_mode)) throw cannot(S_ISDIR(st.st_mode) ? std::strerror(EISDIR) : "not a regular file");
+    const auto too_big = [&] {
+        return cannot("larger than " + std::to_string(max_config_bytes >> 20) + " MiB (" + std::to_string(st.st_size) +
+                      " bytes)");
+    };
+    if (static_cast<std::uint64_t>(st.st_size) > max_config_bytes) throw too_big();
+    return without_exhaustion(path, [&] {
+        std::string text;
+        char buf[16384];
+        for (;;) {
+            ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) throw cannot(std::strerror(errno));
+            if (n == 0) break;
+            text.append(buf, static_cast<std::size_t>(n));
+            if (text.size() > max_config_bytes) throw too_big();  // it grew while read
         }
-        if (n == 0) break;
-        text.append(buf, static_cast<std::size_t>(n));
-    }
-    ::close(fd);
-    return load_string(text, path, resolve);
+        fd.reset();
+        return load(text, path, resolve, true);
+    });
 }
 
 }  // namespace spliced::config

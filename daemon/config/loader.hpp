@@ -33,11 +33,18 @@ private:
 using resolver = std::function<std::variant<std::vector<address>, std::string>(const std::string& host,
                                                                                std::uint16_t port)>;
 
-// Loads and validates a config file; throws config_error. Backend hostnames go through `resolve`;
-// without one they are refused.
+// What a config may be at most: bytes in its file, and YAML nodes (scalars, lists, mappings) in it. A
+// 100,000-route config (one listen address and one backend each) is about 10 MB and 1,000,000 nodes;
+// YAML parsing takes a few hundred bytes of memory per node, which the node cap bounds.
+inline constexpr std::size_t max_config_bytes = 32u << 20;
+inline constexpr std::size_t max_config_nodes = 4'000'000;
+
+// Loads and validates a config file; throws config_error. The file must be a regular file of at most
+// max_config_bytes. Backend hostnames go through `resolve`; without one they are refused. A file path in
+// log.access_log must open for appending (it is created if missing, its directory never).
 config load_file(const std::string& path, const resolver& resolve = {});
 
-// Same, from text; `source` names it in errors.
+// Same, from text; `source` names it in errors. Opens no file.
 config load_string(std::string_view yaml, const std::string& source, const resolver& resolve = {});
 
 // "250ms", "2s", "5m", "1h", "1d" (also combined: "1m30s"); nullopt when malformed.

@@ -49,6 +49,43 @@ status=$?
 [ $status -ne 0 ] && [[ "$err" == "$dir/missing.yaml:0:0: cannot open config file"* ]]
 check "missing file refused with its path (status $status, stderr: $err)" $?
 
+# Input that is not a config, or too much of one: refused with a position, never a crash or a huge allocation.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+expect_refused_path() {  # path, expected "line:col: message fragment", description, [prlimit --as bytes]
+    local err status
+    if [ -n "${4:-}" ]; then
+        err=$(prlimit --as="$4" "$bin" --check-config --config "$1" 2>&1 >/dev/null)
+    else
+        err=$("$bin" --check-config --config "$1" 2>&1 >/dev/null)
+    fi
+    status=$?
+    [ $status -eq 1 ] && [[ "$err" == "$1:$2"* ]]
+    check "$3 refused with '$1:$2...' (status $status, stderr: ${err:0:200})" $?
+}
+expect_refused_path /dev/zero "0:0: cannot open config file: not a regular file" "/dev/zero" 2147483648
+head -c $((50 << 20)) /dev/zero | tr '\0' '#' > "$scratch/50mb.yaml"
+expect_refused_path "$scratch/50mb.yaml" "0:0: cannot open config file: larger than 32 MiB" "a 50 MB file" 2147483648
+printf 'routes:\n  - na\0me: a\n' > "$scratch/nul.yaml"
+expect_refused_path "$scratch/nul.yaml" "2:7: a NUL byte" "a NUL byte"
+python3 -c "import sys; open(sys.argv[1], 'w').write('routes: [' + ','.join(['1'] * 4100000) + ']\n')" "$scratch/nodes.yaml"
+expect_refused_path "$scratch/nodes.yaml" "1:8000004: the config has more than 4000000 YAML nodes" \
+    "a 4.1M-node list (under a 2 GiB address space)" 2147483648
+python3 -c "import sys; open(sys.argv[1], 'w').write('routes: [' + ','.join(['1'] * 2000000) + ']\n')" "$scratch/2m.yaml"
+expect_refused_path "$scratch/2m.yaml" "0:0: out of memory while reading the config" \
+    "a 2M-node list under a 128 MiB address space" 134217728
+minimal() {  # a config whose log.access_log is $1 (at line 2, column 15)
+    printf 'log:\n  access_log: %s\nroutes:\n  - name: a\n    listen: 127.0.0.1:1\n    backends: [{ address: 127.0.0.1:2 }]\n' "$1"
+}
+minimal "$scratch/missing/access.log" > "$scratch/log.yaml"
+expect_refused_path "$scratch/log.yaml" "2:15: log.access_log: cannot open '$scratch/missing/access.log': No such file" \
+    "an access_log in a missing directory"
+[ ! -e "$scratch/missing" ]
+check "--check-config creates no directory for the access log" $?
+minimal "$scratch/access.log" > "$scratch/log-ok.yaml"
+"$bin" --check-config --config "$scratch/log-ok.yaml" >/dev/null 2>&1 && [ -f "$scratch/access.log" ]
+check "--check-config opens (creates) an access_log it can write" $?
+
 out=$("$bin" --version 2>/dev/null)
 status=$?
 [ $status -eq 0 ] && [[ "$out" =~ ^spliced\ [0-9]+\.[0-9]+\.[0-9]+ ]]
