@@ -52,9 +52,15 @@ check "missing file refused with its path (status $status, stderr: $err)" $?
 # Input that is not a config, or too much of one: refused with a position, never a crash or a huge allocation.
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
+# An AddressSanitizer build reserves terabytes of address space for its shadow: no address-space cap fits it.
+asan=0
+ldd "$bin" 2>/dev/null | grep -q libasan && asan=1
 expect_refused_path() {  # path, expected "line:col: message fragment", description, [prlimit --as bytes]
     local err status
-    if [ -n "${4:-}" ]; then
+    if [ -n "${4:-}" ] && [ $asan -eq 1 ]; then
+        echo "# $3: without the address-space cap (an AddressSanitizer build)"
+        err=$("$bin" --check-config --config "$1" 2>&1 >/dev/null)
+    elif [ -n "${4:-}" ]; then
         err=$(prlimit --as="$4" "$bin" --check-config --config "$1" 2>&1 >/dev/null)
     else
         err=$("$bin" --check-config --config "$1" 2>&1 >/dev/null)
@@ -72,8 +78,12 @@ python3 -c "import sys; open(sys.argv[1], 'w').write('routes: [' + ','.join(['1'
 expect_refused_path "$scratch/nodes.yaml" "1:8000004: the config has more than 4000000 YAML nodes" \
     "a 4.1M-node list (under a 2 GiB address space)" 2147483648
 python3 -c "import sys; open(sys.argv[1], 'w').write('routes: [' + ','.join(['1'] * 2000000) + ']\n')" "$scratch/2m.yaml"
-expect_refused_path "$scratch/2m.yaml" "0:0: out of memory while reading the config" \
-    "a 2M-node list under a 128 MiB address space" 134217728
+if [ $asan -eq 0 ]; then
+    expect_refused_path "$scratch/2m.yaml" "0:0: out of memory while reading the config" \
+        "a 2M-node list under a 128 MiB address space" 134217728
+else
+    echo "# skipped under AddressSanitizer: a 2M-node list under a 128 MiB address space (no cap fits its shadow)"
+fi
 minimal() {  # a config whose log.access_log is $1 (at line 2, column 15)
     printf 'log:\n  access_log: %s\nroutes:\n  - name: a\n    listen: 127.0.0.1:1\n    backends: [{ address: 127.0.0.1:2 }]\n' "$1"
 }

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -62,6 +63,12 @@ def require(name, what_root_is_for, tools=()):
             return SKIP, {}
         found[tool] = where
     return None, found
+
+
+def sanitized(binary):
+    """True for an AddressSanitizer build (its allocator keeps freed memory in quarantine: RSS checks do not apply)."""
+    r = subprocess.run(["ldd", binary], capture_output=True, text=True)
+    return "libasan" in r.stdout
 
 
 def run_cases(w, cases, args):
