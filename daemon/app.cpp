@@ -4,7 +4,8 @@
 #include "datapath/probe.hpp"
 #include "datapath/splice_pump.hpp"
 #include "log/log.hpp"
-#include "metrics/metrics.hpp"
+#include "metrics/bpf_collector.hpp"
+#include "metrics/registry.hpp"
 #include "net/listen_claim.hpp"
 #include "net/listener.hpp"
 #include "net/resolve.hpp"
@@ -212,14 +213,16 @@ void app::impl::probe() {
         }
     }
     auto* e = engine.get();
-    metrics.add_sampled_gauge("spliced_sockmap_entries", "SOCKHASH entries in use (two per connection on sockmap)",
-                              [e] { return e ? static_cast<double>(e->entries()) : 0.0; });
-    metrics.add_sampled_gauge("spliced_sockmap_capacity",
-                              "SOCKHASH entries available (two per connection; sockmap.capacity connections)",
-                              [e] { return e ? 2.0 * e->capacity() : 0.0; });
-    metrics.add_sampled_counter("spliced_sockmap_peer_miss_total",
-                                "Redirects whose peer socket was missing; that direction moved to userspace copy",
-                                [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
+    auto bpf = std::make_shared<metrics::bpf_collector>();
+    bpf->add("spliced_sockmap_entries", "SOCKHASH entries in use (two per connection on sockmap)",
+             prometheus::MetricType::Gauge, [e] { return e ? static_cast<double>(e->entries()) : 0.0; });
+    bpf->add("spliced_sockmap_capacity", "SOCKHASH entries available (two per connection; sockmap.capacity connections)",
+             prometheus::MetricType::Gauge, [e] { return e ? 2.0 * e->capacity() : 0.0; });
+    bpf->add("spliced_sockmap_peer_miss_total",
+             "Redirects whose peer socket was missing; that direction moved to userspace copy",
+             prometheus::MetricType::Counter,
+             [e] { return e ? static_cast<double>(e->counter(SPLICED_CNT_PEER_MISS)) : 0.0; });
+    metrics.add_collectable(std::move(bpf));
 }
 
 generation app::impl::build(const config::config& c, bool log_plans) {
@@ -251,7 +254,7 @@ generation app::impl::build(const config::config& c, bool log_plans) {
         std::shared_ptr<proxy::admission> limit;
         if (r.max_connections)
             limit = carried.admissions.get(r.name, [&] { return std::make_shared<proxy::admission>(r.max_connections); });
-        g.routes.push_back(std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, metrics.add_route(r),
+        g.routes.push_back(std::make_shared<proxy::route_runtime>(r, datapath::plan{k, promote}, proxy::route_series(metrics, r),
                                                                   std::move(states), std::move(queue), std::move(limit)));
     }
     g.listeners = proxy::group_by_listener(g.routes, metrics);

@@ -1,6 +1,8 @@
 // Plain configuration structs: what a validated spliced YAML file says, with no I/O.
 #pragma once
 
+#include "sys/enum_names.hpp"
+
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -13,9 +15,6 @@
 namespace spliced::config {
 
 enum class datapath_kind { auto_select, sockmap, splice, copy };
-
-// "auto", "sockmap", "splice", "copy".
-const char* to_string(datapath_kind k);
 
 // An IPv4 or IPv6 socket address, as parsed from "1.2.3.4:80" or "[::1]:80".
 struct address {
@@ -32,8 +31,6 @@ struct backend {
 };
 
 enum class balance_kind { round_robin, least_conn, random, source_hash };
-// "round_robin", "least_conn", "random", "source_hash".
-const char* to_string(balance_kind k);
 
 // Active health checks of a route's backends.
 struct health_check {
@@ -71,7 +68,6 @@ struct route_timeouts {
 };
 
 enum class proxy_protocol_version { off, v1, v2 };
-const char* to_string(proxy_protocol_version v);
 
 struct route {
     std::string name;
@@ -122,4 +118,43 @@ struct config {
     std::vector<route> routes;
 };
 
+}  // namespace spliced::config
+
+namespace spliced::sys {
+template <>
+struct enum_names<config::datapath_kind> {
+    static constexpr std::array table{std::pair{config::datapath_kind::auto_select, "auto"},
+                                      std::pair{config::datapath_kind::sockmap, "sockmap"},
+                                      std::pair{config::datapath_kind::splice, "splice"},
+                                      std::pair{config::datapath_kind::copy, "copy"}};
+};
+template <>
+struct enum_names<config::balance_kind> {
+    static constexpr std::array table{std::pair{config::balance_kind::round_robin, "round_robin"},
+                                      std::pair{config::balance_kind::least_conn, "least_conn"},
+                                      std::pair{config::balance_kind::random, "random"},
+                                      std::pair{config::balance_kind::source_hash, "source_hash"}};
+};
+template <>
+struct enum_names<config::proxy_protocol_version> {
+    static constexpr std::array table{std::pair{config::proxy_protocol_version::off, "off"},
+                                      std::pair{config::proxy_protocol_version::v1, "v1"},
+                                      std::pair{config::proxy_protocol_version::v2, "v2"}};
+};
+template <>
+struct enum_names<config::log_level> {
+    static constexpr std::array table{std::pair{config::log_level::trace, "trace"},
+                                      std::pair{config::log_level::debug, "debug"},
+                                      std::pair{config::log_level::info, "info"},
+                                      std::pair{config::log_level::warn, "warn"},
+                                      std::pair{config::log_level::error, "error"},
+                                      std::pair{config::log_level::critical, "critical"}};
+};
+}  // namespace spliced::sys
+
+namespace spliced::config {
+inline const char* to_string(datapath_kind k) { return sys::name_of(k); }
+inline const char* to_string(balance_kind k) { return sys::name_of(k); }
+inline const char* to_string(proxy_protocol_version v) { return sys::name_of(v); }
+inline const char* to_string(log_level l) { return sys::name_of(l); }
 }  // namespace spliced::config

@@ -3,7 +3,7 @@
 
 #include "config/yaml_tree.hpp"
 
-#include "proxy/sni_match.hpp"
+#include "config/sni.hpp"
 #include "sys/fd.hpp"
 
 #include <algorithm>
@@ -23,35 +23,6 @@
 #include <yaml-cpp/exceptions.h>
 
 namespace spliced::config {
-
-const char* to_string(datapath_kind k) {
-    switch (k) {
-    case datapath_kind::auto_select: return "auto";
-    case datapath_kind::sockmap: return "sockmap";
-    case datapath_kind::splice: return "splice";
-    case datapath_kind::copy: return "copy";
-    }
-    return "?";
-}
-
-const char* to_string(balance_kind k) {
-    switch (k) {
-    case balance_kind::round_robin: return "round_robin";
-    case balance_kind::least_conn: return "least_conn";
-    case balance_kind::random: return "random";
-    case balance_kind::source_hash: return "source_hash";
-    }
-    return "?";
-}
-
-const char* to_string(proxy_protocol_version v) {
-    switch (v) {
-    case proxy_protocol_version::off: return "off";
-    case proxy_protocol_version::v1: return "v1";
-    case proxy_protocol_version::v2: return "v2";
-    }
-    return "?";
-}
 
 bool cidr::contains(const sockaddr* addr) const {
     const std::uint8_t* bytes = nullptr;
@@ -236,7 +207,7 @@ public:
                     {"datapath", "workers", "drain_timeout", "metrics", "log", "sockmap", "routes"});
         config c;
         c.source = source_;
-        if (auto f = top.get("datapath")) c.datapath = datapath(*f);
+        if (auto f = top.get("datapath")) c.datapath = named<datapath_kind>(*f, "datapath");
         if (auto f = top.get("workers")) c.workers = workers(*f);
         if (auto f = top.get("drain_timeout")) c.drain_timeout = duration(*f, true);
         if (auto f = top.get("metrics")) {
@@ -248,7 +219,7 @@ public:
         }
         if (auto f = top.get("log")) {
             mapping l(*this, map_value(*f), "log", {"level", "access_log"});
-            if (auto lf = l.get("level")) c.log.level = level(*lf);
+            if (auto lf = l.get("level")) c.log.level = named<log_level>(*lf, "log level");
             if (auto lf = l.get("access_log")) {
                 c.log.access_log = scalar(*lf);
                 if (c.log.access_log.empty()) fail(lf->value, "log.access_log must be stdout, off or a file path");
@@ -371,23 +342,12 @@ private:
         return std::get<address>(std::move(parsed));
     }
 
-    datapath_kind datapath(const field& f) const {
+    // A value of enum E, by its name; the message lists every name.
+    template <typename E>
+    E named(const field& f, const std::string& what) const {
         auto v = scalar(f);
-        if (v == "auto") return datapath_kind::auto_select;
-        if (v == "sockmap") return datapath_kind::sockmap;
-        if (v == "splice") return datapath_kind::splice;
-        if (v == "copy") return datapath_kind::copy;
-        fail(f.value, "unknown datapath '" + v + "' (expected auto, sockmap, splice or copy)");
-    }
-
-    log_level level(const field& f) const {
-        auto v = scalar(f);
-        static const std::pair<const char*, log_level> names[] = {
-            {"trace", log_level::trace}, {"debug", log_level::debug}, {"info", log_level::info},
-            {"warn", log_level::warn},   {"error", log_level::error}, {"critical", log_level::critical}};
-        for (auto& [name, l] : names)
-            if (v == name) return l;
-        fail(f.value, "unknown log level '" + v + "' (expected trace, debug, info, warn, error or critical)");
+        if (auto e = sys::value_of<E>(v)) return *e;
+        fail(f.value, "unknown " + what + " '" + v + "' (expected " + sys::all_names<E>() + ")");
     }
 
     unsigned workers(const field& f) const {
@@ -407,14 +367,6 @@ private:
             fail(f.value, f.what + " must be a whole number of connections from 1 to " + std::to_string(most) +
                               " (got '" + v + "')");
         return static_cast<std::uint32_t>(std::stoul(v));
-    }
-
-    balance_kind balance(const field& f) const {
-        auto b = scalar(f);
-        for (auto k : {balance_kind::round_robin, balance_kind::least_conn, balance_kind::random,
-                       balance_kind::source_hash})
-            if (b == to_string(k)) return k;
-        fail(f.value, "unknown balance '" + b + "' (expected round_robin, least_conn, random or source_hash)");
     }
 
     // A whole number from `least` to `most`.
@@ -569,10 +521,10 @@ private:
 
         r.datapath = default_path;
         if (auto f = m.get("datapath")) {
-            r.datapath = datapath(*f);
+            r.datapath = named<datapath_kind>(*f, "datapath");
             r.datapath_set = true;
         }
-        if (auto f = m.get("balance")) r.balance = balance(*f);
+        if (auto f = m.get("balance")) r.balance = named<balance_kind>(*f, "balance");
         if (auto f = m.get("max_connections")) r.max_connections = count(*f, 1, 10'000'000, "connections");
         if (auto f = m.get("health_check")) r.health_check = health(*f);
         if (auto f = m.get("passive")) {
@@ -602,8 +554,8 @@ private:
             }
             for (const auto& node : names) {
                 auto text = scalar(node, "match.sni");
-                if (auto why = proxy::validate_sni_pattern(text)) fail(node, "match.sni: '" + text + "': " + *why);
-                const std::string pattern = proxy::normalize_sni(text);
+                if (auto why = validate_sni_pattern(text)) fail(node, "match.sni: '" + text + "': " + *why);
+                const std::string pattern = normalize_sni(text);
                 if (std::find(r.sni.begin(), r.sni.end(), pattern) != r.sni.end())
                     fail(node, "match.sni: '" + text + "' is listed twice");
                 r.sni.push_back(pattern);
@@ -625,13 +577,8 @@ private:
                 r.trusted_proxies.push_back(std::get<cidr>(std::move(parsed)));
             }
         }
-        if (auto f = m.get("send_proxy_protocol")) {
-            auto v = scalar(*f);
-            if (v == "off") r.send_proxy_protocol = proxy_protocol_version::off;
-            else if (v == "v1") r.send_proxy_protocol = proxy_protocol_version::v1;
-            else if (v == "v2") r.send_proxy_protocol = proxy_protocol_version::v2;
-            else fail(f->value, "unknown send_proxy_protocol '" + v + "' (expected off, v1 or v2)");
-        }
+        if (auto f = m.get("send_proxy_protocol"))
+            r.send_proxy_protocol = named<proxy_protocol_version>(*f, "send_proxy_protocol");
 
         auto backends = m.require("backends");
         const yaml::node& list = value(backends);

@@ -10,37 +10,6 @@
 
 namespace spliced::datapath {
 
-const char* to_string(kind k) {
-    switch (k) {
-    case kind::sockmap: return "sockmap";
-    case kind::splice: return "splice";
-    case kind::copy: return "copy";
-    }
-    return "?";
-}
-
-const char* to_string(fallback_reason r) {
-    switch (r) {
-    case fallback_reason::map_full: return "map_full";
-    case fallback_reason::not_established: return "not_established";
-    case fallback_reason::busy_sender: return "busy_sender";
-    case fallback_reason::error: return "error";
-    }
-    return "?";
-}
-
-const char* to_string(end_reason r) {
-    switch (r) {
-    case end_reason::completed: return "completed";
-    case end_reason::idle_timeout: return "idle_timeout";
-    case end_reason::client_reset: return "client_reset";
-    case end_reason::upstream_reset: return "upstream_reset";
-    case end_reason::error: return "error";
-    case end_reason::shutdown: return "shutdown";
-    }
-    return "?";
-}
-
 void path_log::ran_on(kind k) {
     if (count_ > 0 && paths_[count_ - 1] == k) return;
     if (count_ < paths_.size()) paths_[count_++] = k;

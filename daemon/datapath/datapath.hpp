@@ -2,6 +2,7 @@
 #pragma once
 
 #include "config/config.hpp"
+#include "datapath/kinds.hpp"
 #include "datapath/sockmap.hpp"
 #include "net/asio.hpp"
 
@@ -15,22 +16,6 @@
 namespace spliced::datapath {
 
 class sockmap_engine;
-
-// The data path a connection actually runs on.
-enum class kind { sockmap, splice, copy };
-const char* to_string(kind k);
-
-// Why a pair meant for the sockmap path (a sockmap route, or an auto promotion) stayed off it:
-// the map was at capacity, a socket was no longer ESTABLISHED, the sender never let its queue run
-// dry, or another error. The `reason` label of spliced_sockmap_fallbacks_total.
-enum class fallback_reason { map_full, not_established, busy_sender, error };
-inline constexpr std::size_t fallback_reason_count = 4;
-const char* to_string(fallback_reason r);
-
-// How a proxied pair ended. Every reason but `completed` closes both sockets with a reset: a peer
-// sees a clean FIN only after the complete stream its other side sent.
-enum class end_reason { completed, idle_timeout, client_reset, upstream_reset, error, shutdown };
-const char* to_string(end_reason r);
 
 // The data paths one connection ran on, in order ("sockmap+copy" after a demotion, "splice+sockmap"
 // after a promotion); what the access log's `datapath` field says.

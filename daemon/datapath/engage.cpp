@@ -5,7 +5,6 @@
 #include "datapath/sockmap_path.hpp"
 #include "datapath/splice_pump.hpp"
 #include "log/log.hpp"
-#include "metrics/metrics.hpp"
 
 namespace spliced::datapath {
 
@@ -32,38 +31,39 @@ kind take_pipes_or_copy(splice_pipes& pipes, std::uint64_t id, std::string_view 
     return kind::splice;
 }
 
+// Forwards what both sockets hold, both directions at once: one after the other, an echoing (or any
+// request/response) backend deadlocks a busy pair. While the client's bytes go on, the backend's answers
+// pile up unread in the upstream socket, the backend blocks writing them and stops reading, and the
+// forward write then waits for ever (seen with a 64 MiB echo under qemu, where the client's queue never
+// ran dry). `clean`: both queues ended on an skb boundary.
+net::awaitable<void> forward_queued_both(pair_state& p, bool& clean) {
+    using namespace net;  // && on awaitables
+    // Named first: g++ 12 destroys temporaries inside a co_await expression twice.
+    auto forward = forward_queued(p, p.client, p.upstream);
+    auto backward = forward_queued(p, p.upstream, p.client);
+    const auto [from_client, from_upstream] = co_await (std::move(forward) && std::move(backward));
+    p.written_to_upstream += from_client.bytes;
+    p.written_to_client += from_upstream.bytes;
+    clean = from_client.clean && from_upstream.clean;
+}
+
 // Forwards in userspace what both sockets already hold, beside the idle watchdog: a peer that takes
 // nothing must not pin the pair for ever. True when both queues ended on an skb boundary.
-//
-// Both directions at once: one after the other, an echoing (or any request/response) backend
-// deadlocks a busy pair. While the client's bytes go on, the backend's answers pile up unread in
-// the upstream socket, the backend blocks writing them and stops reading, and the forward write
-// then waits for ever (seen with a 64 MiB echo under qemu, where the client's queue never ran dry).
 net::awaitable<bool> forward_both(pair_state& p) {
     bool clean = false;
-    auto both = [](pair_state& p, bool& clean) -> net::awaitable<void> {
-        using namespace net;  // && on awaitables
-        // Named first: g++ 12 destroys temporaries inside a co_await expression twice.
-        auto forward = forward_queued(p, p.client, p.upstream);
-        auto backward = forward_queued(p, p.upstream, p.client);
-        const auto [from_client, from_upstream] = co_await (std::move(forward) && std::move(backward));
-        p.written_to_upstream += from_client.bytes;
-        p.written_to_client += from_upstream.bytes;
-        clean = from_client.clean && from_upstream.clean;
-    };
-    const bool ended = co_await with_idle_watchdog(p, both(p, clean));
+    const bool ended = co_await with_idle_watchdog(p, forward_queued_both(p, clean));
     co_return ended && !p.aborted && clean;
 }
 
 // Inserts the pair into the maps. On success the pair's baselines are set: everything userspace
 // wrote to a socket so far is in its queued total and in the other socket's received total, and
 // counts once.
-bool insert(pair_state& p, sockmap_engine& engine, const metrics::route_metrics& m, std::uint64_t id,
+bool insert(pair_state& p, sockmap_engine& engine, engage_events& m, std::uint64_t id,
             std::string_view route, bool& entered_map) {
     auto ins = engine.insert(p.client.native_handle(), p.upstream.native_handle());
     if (ins.error) {
         entered_map = ins.entered_map;
-        m.sockmap_fallback(fallback_reason_of(ins));
+        m.stayed_off_sockmap(fallback_reason_of(ins));
         spdlog::debug("conn {} route {}: sockmap insert failed at {}: {}", id, route, ins.what, ins.error.message());
         return false;
     }
@@ -78,7 +78,7 @@ bool insert(pair_state& p, sockmap_engine& engine, const metrics::route_metrics&
 // Tries to move the pair onto sockmap: forwards what is queued, then inserts. Returns the path the
 // pair runs on from here (sockmap, or where it must go instead: a socket that entered the map, even
 // briefly, is never spliced).
-net::awaitable<kind> onto_sockmap(pair_state& p, sockmap_engine& engine, const metrics::route_metrics& m,
+net::awaitable<kind> onto_sockmap(pair_state& p, sockmap_engine& engine, engage_events& m,
                                   std::uint64_t id, std::string_view route) {
     const bool clean = co_await forward_both(p);
     if (p.aborted) co_return kind::copy;  // nothing more to run; the path does not matter
@@ -86,7 +86,7 @@ net::awaitable<kind> onto_sockmap(pair_state& p, sockmap_engine& engine, const m
         spdlog::debug("conn {} route {}: the sender kept its queue full past the userspace bound; staying off "
                       "sockmap",
                       id, route);
-        m.sockmap_fallback(fallback_reason::busy_sender);
+        m.stayed_off_sockmap(fallback_reason::busy_sender);
         co_return kind::splice;
     }
     bool entered_map = false;
@@ -96,10 +96,10 @@ net::awaitable<kind> onto_sockmap(pair_state& p, sockmap_engine& engine, const m
 
 // Runs the pair on splice (pipes taken here) or copy until it ends.
 net::awaitable<void> run_spliced_or_copied(pair_state& p, kind path, std::uint64_t id, std::string_view route,
-                                           const metrics::route_metrics* handoff) {
+                                           engage_events* handoff) {
     splice_pipes pipes;
     if (path == kind::splice) path = take_pipes_or_copy(pipes, id, route);
-    if (handoff) handoff->connection_handed_off(path);
+    if (handoff) handoff->handed_off(path);
     p.paths.ran_on(path);
     if (path == kind::splice)
         co_await run_splice(p, std::move(pipes));
@@ -107,18 +107,19 @@ net::awaitable<void> run_spliced_or_copied(pair_state& p, kind path, std::uint64
         co_await run_copy(p);
 }
 
+net::awaitable<void> write_pending(pair_state& p, std::span<const std::uint8_t> bytes) {
+    co_await write_all(p, p.client, p.upstream, reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
 // Writes the pending bytes to the upstream, beside the idle watchdog.
 net::awaitable<bool> send_pending(pair_state& p, std::span<const std::uint8_t> pending) {
-    auto write = [](pair_state& p, std::span<const std::uint8_t> bytes) -> net::awaitable<void> {
-        co_await write_all(p, p.client, p.upstream, reinterpret_cast<const char*>(bytes.data()), bytes.size());
-    };
-    const bool ended = co_await with_idle_watchdog(p, write(p, pending));
+    const bool ended = co_await with_idle_watchdog(p, write_pending(p, pending));
     co_return ended && !p.aborted;
 }
 
 }  // namespace
 
-net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engine, const metrics::route_metrics& m,
+net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engine, engage_events& m,
                             std::uint64_t id, std::string_view route, std::span<const std::uint8_t> pending) {
     if (!pending.empty()) {
         const bool sent = co_await send_pending(p, pending);
@@ -130,7 +131,7 @@ net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engin
         path = co_await onto_sockmap(p, *engine, m, id, route);
         if (p.aborted) co_return;
         if (path == kind::sockmap) {
-            m.connection_handed_off(kind::sockmap);
+            m.handed_off(kind::sockmap);
             p.paths.ran_on(kind::sockmap);
             co_await run_sockmap(p, *engine, *p.maps);
         } else {
@@ -139,7 +140,7 @@ net::awaitable<void> engage(pair_state& p, const plan& pl, sockmap_engine* engin
     } else if (path == kind::splice && pl.promote_to_sockmap && engine) {
         splice_pipes pipes;
         path = take_pipes_or_copy(pipes, id, route);
-        m.connection_handed_off(path);
+        m.handed_off(path);
         p.paths.ran_on(path);
         if (path == kind::copy) {
             co_await run_copy(p);

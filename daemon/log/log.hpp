@@ -3,8 +3,6 @@
 
 #include "config/config.hpp"
 
-#include "net/asio.hpp"
-
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -35,15 +33,3 @@ private:
 };
 
 }  // namespace spliced::log
-
-// "1.2.3.4:80" / "[::1]:80" for endpoints in log lines.
-template <>
-struct fmt::formatter<boost::asio::ip::tcp::endpoint> : fmt::formatter<std::string> {
-    template <typename Ctx>
-    auto format(const boost::asio::ip::tcp::endpoint& ep, Ctx& ctx) const {
-        auto a = ep.address();
-        std::string s = a.is_v6() ? "[" + a.to_string() + "]:" + std::to_string(ep.port())
-                                  : a.to_string() + ":" + std::to_string(ep.port());
-        return fmt::formatter<std::string>::format(s, ctx);
-    }
-};

@@ -12,12 +12,12 @@ namespace spliced::net {
 
 namespace {
 
-metrics::connect_error classify(const boost::system::error_code& ec) {
+connect_error classify(const boost::system::error_code& ec) {
     namespace error = asio::error;
-    if (ec == error::connection_refused) return metrics::connect_error::refused;
-    if (ec == error::timed_out) return metrics::connect_error::timeout;
-    if (ec == error::host_unreachable || ec == error::network_unreachable) return metrics::connect_error::unreachable;
-    return metrics::connect_error::other;
+    if (ec == error::connection_refused) return connect_error::refused;
+    if (ec == error::timed_out) return connect_error::timeout;
+    if (ec == error::host_unreachable || ec == error::network_unreachable) return connect_error::unreachable;
+    return connect_error::other;
 }
 
 // Opening a socket failed for want of a descriptor or socket memory: nothing to do with the backend.
@@ -63,7 +63,7 @@ awaitable<connect_outcome> connect_upstream(const config::address& addr, std::ch
         if (!ec) break;
         const auto left = deadline.expiry() - asio::steady_timer::clock_type::now();
         if (!out_of_resources(ec) || left <= asio::steady_timer::duration::zero()) {
-            out.reason = out_of_resources(ec) ? metrics::connect_error::local : metrics::connect_error::other;
+            out.reason = out_of_resources(ec) ? connect_error::local : connect_error::other;
             out.error = ec;
             co_return out;
         }
@@ -90,7 +90,7 @@ awaitable<connect_outcome> connect_upstream(const config::address& addr, std::ch
     state->done = true;
     deadline.cancel();
     if (ec && state->fired) {
-        out.reason = metrics::connect_error::timeout;
+        out.reason = connect_error::timeout;
         out.error = asio::error::timed_out;
         co_return out;
     }

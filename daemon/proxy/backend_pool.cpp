@@ -44,7 +44,7 @@ void backend_pool::lease::reset() {
     if (auto p = std::move(pool_)) p->release(index_);
 }
 
-backend_pool::backend_pool(const config::route& route, const metrics::route_metrics& metrics,
+backend_pool::backend_pool(const config::route& route, const route_metrics& metrics,
                            std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
                            std::uint64_t seed)
     : route_(route.name),
@@ -113,7 +113,9 @@ void backend_pool::set_up_locked(std::size_t index, bool up, const std::string& 
 }
 
 void backend_pool::publish(std::size_t index) {
-    metrics_.backend_state(index, states_[index]->up, states_[index]->active.load(std::memory_order_relaxed));
+    auto& m = metrics_.backends[index];
+    m.up.set(states_[index]->up ? 1 : 0);
+    m.active.set(static_cast<double>(states_[index]->active.load(std::memory_order_relaxed)));
 }
 
 backend_pool::choice backend_pool::choose_locked(waiter& w) {
@@ -127,7 +129,7 @@ backend_pool::choice backend_pool::choose_locked(waiter& w) {
     }
     if (!any_up && !w.counted_no_up) {
         w.counted_no_up = true;
-        metrics_.no_backend_up();
+        metrics_.no_backend_up.inc();
     }
     scratch_.clear();
     bool full = false;
@@ -241,7 +243,7 @@ clock::time_point backend_pool::next_check(std::size_t index, const config::heal
 }
 
 void backend_pool::check_result(std::size_t index, bool passed, const std::string& why) {
-    metrics_.health_checked(index, passed);
+    metrics_.backends[index].health_checks.inc(passed ? check_result::success : check_result::failure);
     const unsigned rise = check_ ? check_->rise : 1, fall = check_ ? check_->fall : 1;
     bool came_up = false;
     {

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "config/config.hpp"
-#include "metrics/metrics.hpp"
+#include "proxy/route_metrics.hpp"
 #include "net/wakeup.hpp"
 #include "proxy/balancer.hpp"
 
@@ -53,7 +53,7 @@ class backend_pool : public std::enable_shared_from_this<backend_pool> {
 public:
     // `states`: one per backend of `route` (in its order), fresh or taken over from an earlier table;
     // `queue`: the route's, likewise.
-    backend_pool(const config::route& route, const metrics::route_metrics& metrics,
+    backend_pool(const config::route& route, const route_metrics& metrics,
                  std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
                  std::uint64_t seed);
 
@@ -106,7 +106,7 @@ public:
     std::size_t size() const { return backends_.size(); }
     const config::backend& backend(std::size_t index) const { return backends_[index]; }
     const backend_state& state(std::size_t index) const { return *states_[index]; }
-    const metrics::route_metrics& metrics() const { return metrics_; }
+    const route_metrics& metrics() const { return metrics_; }
     bool up(std::size_t index) { return up_now(index, std::chrono::steady_clock::now()); }
     std::uint64_t active(std::size_t index) const { return states_[index]->active.load(std::memory_order_relaxed); }
 
@@ -131,7 +131,7 @@ private:
     std::vector<config::backend> backends_;
     std::optional<config::health_check> check_;
     std::optional<config::passive_health> passive_;
-    metrics::route_metrics metrics_;
+    route_metrics metrics_;
     std::vector<std::shared_ptr<backend_state>> states_;
     std::shared_ptr<backend_queue> queue_;
     std::unique_ptr<balancer> balancer_;  // under the queue's mutex

@@ -104,15 +104,6 @@ bool read_alpn(std::span<const std::uint8_t> data, client_hello& hello) {
 
 }  // namespace
 
-std::string_view to_string(client_hello_error reason) {
-    switch (reason) {
-    case client_hello_error::not_tls: return "not_tls";
-    case client_hello_error::malformed: return "malformed";
-    case client_hello_error::too_large: return "too_large";
-    }
-    return "malformed";
-}
-
 client_hello_parser::result client_hello_parser::refuse(client_hello_error reason) {
     final_ = result{parse_status::invalid, reason};
     return *final_;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "proxy/parse_status.hpp"
+#include "sys/enum_names.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -20,7 +21,21 @@ enum class client_hello_error : std::uint8_t {
     malformed,  // a TLS ClientHello that breaks a length, a bound or a rule of RFC 8446 / 6066 / 7301
     too_large,  // the ClientHello message is longer than max_client_hello
 };
-std::string_view to_string(client_hello_error reason);
+}  // namespace spliced::proxy
+
+namespace spliced::sys {
+template <>
+struct enum_names<proxy::client_hello_error> {
+    static constexpr std::array table{std::pair{proxy::client_hello_error::not_tls, "not_tls"},
+                                      std::pair{proxy::client_hello_error::malformed, "malformed"},
+                                      std::pair{proxy::client_hello_error::too_large, "too_large"}};
+};
+}  // namespace spliced::sys
+
+namespace spliced::proxy {
+
+inline std::string_view to_string(client_hello_error reason) { return sys::name_of(reason); }
+
 
 struct client_hello {
     std::optional<std::string> server_name;  // SNI host_name, lower-cased, no trailing dot; nullopt without SNI

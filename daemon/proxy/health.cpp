@@ -86,7 +86,7 @@ net::awaitable<void> check_loop(std::shared_ptr<health_checks::shared> sh, std::
 net::awaitable<check_outcome> check_once(const config::address& target, const config::health_check& check) {
     const auto started = clock::now();
     auto connected = co_await net::connect_upstream(target, check.timeout);
-    if (!connected.socket) co_return check_outcome{false, "connect: " + std::string(metrics::to_string(connected.reason))};
+    if (!connected.socket) co_return check_outcome{false, "connect: " + std::string(net::to_string(connected.reason))};
     if (check.send.empty() && check.expect.empty()) co_return check_outcome{true, {}};
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(check.timeout - (clock::now() - started));
     if (left.count() <= 0) left = std::chrono::milliseconds(1);

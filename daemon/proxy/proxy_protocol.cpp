@@ -67,19 +67,6 @@ void put_u16(std::vector<std::uint8_t>& out, std::size_t value) {
 
 }  // namespace
 
-std::string_view to_string(proxy_protocol_error reason) {
-    switch (reason) {
-    case proxy_protocol_error::malformed: return "malformed";
-    case proxy_protocol_error::too_large: return "too_large";
-    case proxy_protocol_error::unsupported: return "unsupported";
-    case proxy_protocol_error::bad_crc: return "bad_crc";
-    case proxy_protocol_error::timeout: return "timeout";
-    case proxy_protocol_error::untrusted: return "untrusted";
-    case proxy_protocol_error::closed: return "closed";
-    }
-    return "malformed";
-}
-
 ip_endpoint ip_endpoint::v4(const std::array<std::uint8_t, 4>& address, std::uint16_t port) {
     ip_endpoint endpoint;
     std::copy(address.begin(), address.end(), endpoint.address.begin());

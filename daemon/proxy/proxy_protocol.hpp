@@ -2,6 +2,7 @@
 #pragma once
 
 #include "proxy/parse_status.hpp"
+#include "sys/enum_names.hpp"
 
 #include <sys/socket.h>
 
@@ -28,7 +29,25 @@ enum class proxy_protocol_error : std::uint8_t {
     untrusted,    // session: a header from a peer outside trusted_proxies
     closed,       // session: the client closed (or reset) before the header was complete
 };
-std::string_view to_string(proxy_protocol_error reason);
+}  // namespace spliced::proxy
+
+namespace spliced::sys {
+template <>
+struct enum_names<proxy::proxy_protocol_error> {
+    static constexpr std::array table{std::pair{proxy::proxy_protocol_error::malformed, "malformed"},
+                                      std::pair{proxy::proxy_protocol_error::too_large, "too_large"},
+                                      std::pair{proxy::proxy_protocol_error::unsupported, "unsupported"},
+                                      std::pair{proxy::proxy_protocol_error::bad_crc, "bad_crc"},
+                                      std::pair{proxy::proxy_protocol_error::timeout, "timeout"},
+                                      std::pair{proxy::proxy_protocol_error::untrusted, "untrusted"},
+                                      std::pair{proxy::proxy_protocol_error::closed, "closed"}};
+};
+}  // namespace spliced::sys
+
+namespace spliced::proxy {
+
+inline std::string_view to_string(proxy_protocol_error reason) { return sys::name_of(reason); }
+
 
 // An IPv4 or IPv6 address with a TCP port.
 struct ip_endpoint {

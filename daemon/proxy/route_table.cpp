@@ -25,7 +25,7 @@ std::vector<std::shared_ptr<listener_routes>> group_by_listener(const std::vecto
                 group->accept_proxy_protocol = route->cfg.accept_proxy_protocol;
                 group->trusted_proxies = route->cfg.trusted_proxies;
                 group->handshake = route->cfg.timeouts.handshake;
-                group->metrics = registry.add_listener(addr.text);
+                group->metrics = listener_series(registry, addr.text);
                 out.push_back(group);
             }
             const std::size_t index = group->routes.size();

@@ -21,7 +21,7 @@ struct listener_routes {
     bool accept_proxy_protocol = false;
     std::vector<config::cidr> trusted_proxies;            // empty: every source
     std::chrono::milliseconds handshake{5000};
-    metrics::listener_metrics metrics;
+    listener_metrics metrics;
 
     // A ClientHello is read (peeked) before routing: some route here has match.sni.
     bool reads_client_hello() const { return sni.size() > 0; }

@@ -2,6 +2,7 @@
 #include "proxy/session.hpp"
 
 #include "log/log.hpp"
+#include "net/endpoint.hpp"
 #include "net/upstream.hpp"
 #include "proxy/preamble.hpp"
 #include "proxy/route_table.hpp"
@@ -61,7 +62,7 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
     for (std::size_t attempt = 0; attempt < route.pool->size(); ++attempt) {
         auto got = co_await route.pool->acquire(client, tried, route.cfg.timeouts.queue, counted_no_up);
         if (got.result == backend_pool::outcome::queue_timeout) {
-            route.metrics.queue_timeout();
+            route.metrics.queue_timeouts.inc();
             end = "queue_timeout";
             co_return std::nullopt;
         }
@@ -73,17 +74,18 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
         const auto started = std::chrono::steady_clock::now();
         auto outcome = co_await net::connect_upstream(backend.addr, route.cfg.timeouts.connect);
         if (outcome.socket) {
-            route.metrics.connected(std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
+            route.metrics.connect_time.observe(
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());
             pool.connect_succeeded(index);
             slot = std::move(got.slot);
             co_return std::move(outcome.socket);
         }
         tried.push_back(&pool.state(index));
-        pool.metrics().connect_failed(index, outcome.reason);
+        pool.metrics().backends[index].connect_errors.inc(outcome.reason);
         spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.addr.text,
-                     metrics::to_string(outcome.reason), outcome.error.message());
+                     net::to_string(outcome.reason), outcome.error.message());
         // No socket of our own after a whole connect timeout: another backend needs one just the same.
-        if (outcome.reason == metrics::connect_error::local) break;
+        if (outcome.reason == net::connect_error::local) break;
         pool.connect_failed(index);
     }
     co_return std::nullopt;
@@ -126,7 +128,7 @@ std::vector<std::uint8_t> proxy_header_to_send(config::proxy_protocol_version ve
                      std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(unique.data()), unique.size()));
 }
 
-class session final : public session_registry::entry {
+class session final : public session_registry::entry, private datapath::engage_events {
 public:
     session(std::shared_ptr<const listener_routes> listener, session_env env, net::tcp::socket client,
             std::uint64_t id, bool admitted)
@@ -141,7 +143,7 @@ public:
         env_.live->remove(*this);
         slot_.reset();
         if (admitted_) admitted_->release();
-        if (route_) route_->metrics.connection_closed();
+        if (route_) route_->metrics.active.dec();
         env_.active->fetch_sub(1, std::memory_order_relaxed);
     }
     session(const session&) = delete;
@@ -159,6 +161,12 @@ public:
     }
 
 private:
+    // What the data path tells as it happens, counted on the route.
+    void handed_off(datapath::kind k) override { route_->metrics.connections.inc(k); }
+    void stayed_off_sockmap(datapath::fallback_reason why) override { route_->metrics.sockmap_fallbacks.inc(why); }
+    void promoted() override { route_->metrics.promotions.inc(); }
+    void demoted() override { route_->metrics.demotions.inc(); }
+
     // Ends the connection once: closes both sockets (with a reset unless it completed) and writes its
     // one access-log line. `cut_short`: it ended before its data path did.
     void finish(datapath::end_reason why, bool cut_short);
@@ -213,7 +221,8 @@ void session::report_bytes_from(const sys::tcp_stats* from_client, const sys::tc
     const std::uint64_t in = got > consumed_ ? got - consumed_ : 0;
     const std::uint64_t out = pair_->payload_received(upstream_, from_upstream->bytes_received);
     // TCP_INFO counters only grow; max() keeps a late, smaller sample from counting backwards.
-    route_->metrics.add_bytes(in > reported_in_ ? in - reported_in_ : 0, out > reported_out_ ? out - reported_out_ : 0);
+    if (in > reported_in_) route_->metrics.bytes.inc(direction::in, static_cast<double>(in - reported_in_));
+    if (out > reported_out_) route_->metrics.bytes.inc(direction::out, static_cast<double>(out - reported_out_));
     reported_in_ = std::max(reported_in_, in);
     reported_out_ = std::max(reported_out_, out);
 }
@@ -252,7 +261,7 @@ net::awaitable<void> session::run() {
     if (listener_->accept_proxy_protocol || listener_->reads_client_hello()) {
         auto& counted = listener_->preamble_route();
         if (listener_->accept_proxy_protocol && !trusted_source()) {
-            counted.metrics.proxy_protocol_failed(static_cast<std::size_t>(proxy_protocol_error::untrusted));
+            counted.metrics.proxy_errors.inc(proxy_protocol_error::untrusted);
             refuse("untrusted", true);
             co_return;
         }
@@ -262,7 +271,7 @@ net::awaitable<void> session::run() {
             co_return;
         }
         if (pre.result == preamble::outcome::proxy_error) {
-            counted.metrics.proxy_protocol_failed(static_cast<std::size_t>(pre.proxy_reason));
+            counted.metrics.proxy_errors.inc(pre.proxy_reason);
             static log::once_per warning(std::chrono::seconds(10));
             if (std::uint64_t more = 0; warning.allow(more))
                 spdlog::warn("conn {} {}: PROXY header refused: {} ({} more since the last warning)", id_,
@@ -281,7 +290,7 @@ net::awaitable<void> session::run() {
         if (listener_->reads_client_hello()) {
             route_ = listener_->route_for(server_name);
             // The default route has no match.sni, so only a name match leads elsewhere.
-            if (!route_ || route_ == listener_->fallback) listener_->metrics.unmatched();
+            if (!route_ || route_ == listener_->fallback) listener_->metrics.sni_unmatched.inc();
             if (!route_) {
                 refuse("no_route", true);
                 co_return;
@@ -289,14 +298,14 @@ net::awaitable<void> session::run() {
         }
     }
     if (!route_) route_ = listener_->fallback ? listener_->fallback : listener_->routes.front();
-    route_->metrics.connection_opened();
+    route_->metrics.active.inc();
     // On an address shared by several routes, the route's limit is known only now.
     if (const bool in = co_await admit(); !in) {
         if (cut_) {
             finish(datapath::end_reason::shutdown, true);
             co_return;
         }
-        route_->metrics.queue_timeout();
+        route_->metrics.queue_timeouts.inc();
         refuse("queue_timeout", true);
         co_return;
     }
@@ -320,7 +329,7 @@ net::awaitable<void> session::run() {
         header = proxy_header_to_send(route_->cfg.send_proxy_protocol, client_, accepted, server_name, id_);
     pair_.emplace(client_, upstream_, route_->cfg.timeouts.idle);
     pair_->consumed_from_client = consumed_;
-    co_await datapath::engage(*pair_, route_->plan, env_.engine, route_->metrics, id_, route_->cfg.name, header);
+    co_await datapath::engage(*pair_, route_->plan, env_.engine, *this, id_, route_->cfg.name, header);
     finish(pair_->reason, false);
 }
 
@@ -342,7 +351,7 @@ void session::finish(datapath::end_reason why, bool cut_short) {
         report_bytes_from(&from_client, &from_upstream);
     }
     if (route_)
-        route_->metrics.connection_ended(
+        route_->metrics.duration.observe(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
     if (p && p->maps && env_.engine) {  // cut short while on sockmap
         env_.engine->remove(*p->maps);
@@ -385,7 +394,7 @@ void session::finish(datapath::end_reason why, bool cut_short) {
 
 }  // namespace
 
-route_runtime::route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
+route_runtime::route_runtime(config::route c, datapath::plan p, route_metrics m,
                              std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
                              std::shared_ptr<proxy::admission> limit)
     : cfg(std::move(c)), plan(p), metrics(std::move(m)), admission(std::move(limit)) {

@@ -3,7 +3,7 @@
 
 #include "config/config.hpp"
 #include "datapath/engage.hpp"
-#include "metrics/metrics.hpp"
+#include "proxy/route_metrics.hpp"
 #include "net/asio.hpp"
 #include "proxy/admission.hpp"
 #include "proxy/backend_pool.hpp"
@@ -29,12 +29,12 @@ struct route_runtime {
     // `states`: one per backend, `queue`: the route's backend queue (both fresh, or carried over from an
     // earlier table); `limit`: the route's max_connections place count (carried over too), null without
     // max_connections.
-    route_runtime(config::route c, datapath::plan p, metrics::route_metrics m,
+    route_runtime(config::route c, datapath::plan p, route_metrics m,
                   std::vector<std::shared_ptr<backend_state>> states, std::shared_ptr<backend_queue> queue,
                   std::shared_ptr<proxy::admission> limit);
     config::route cfg;
     datapath::plan plan;
-    metrics::route_metrics metrics;
+    route_metrics metrics;
     std::shared_ptr<backend_pool> pool;
     std::shared_ptr<proxy::admission> admission;  // null without max_connections
 };

@@ -1,6 +1,7 @@
 // The backend pool: health state changes (first result, rise, fall, passive ejection), eligibility, the FIFO queue.
 #include "config/loader.hpp"
-#include "metrics/metrics.hpp"
+#include "metrics/registry.hpp"
+#include "proxy/route_metrics.hpp"
 #include "proxy/backend_pool.hpp"
 
 #include <catch2/catch.hpp>
@@ -25,7 +26,7 @@ struct fixture {
     std::shared_ptr<backend_pool> pool;
     explicit fixture(config::route r) : cfg(std::move(r)) {
         for (std::size_t i = 0; i < cfg.backends.size(); ++i) states.push_back(std::make_shared<proxy::backend_state>());
-        pool = std::make_shared<backend_pool>(cfg, registry.add_route(cfg), states, queue, 1);
+        pool = std::make_shared<backend_pool>(cfg, proxy::route_series(registry, cfg), states, queue, 1);
         pool->activate();
     }
     // acquire() run to completion on a private io_context.
@@ -169,7 +170,7 @@ std::shared_ptr<backend_pool> next_table(fixture& f, const config::route& cfg, m
             if (f.cfg.backends[j].addr.text == cfg.backends[i].addr.text) found = f.states[j];
         states.push_back(found ? found : std::make_shared<proxy::backend_state>());
     }
-    return std::make_shared<backend_pool>(cfg, registry.add_route(cfg), std::move(states), std::move(queue), 2);
+    return std::make_shared<backend_pool>(cfg, proxy::route_series(registry, cfg), std::move(states), std::move(queue), 2);
 }
 
 }  // namespace

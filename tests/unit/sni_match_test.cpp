@@ -1,11 +1,12 @@
 // SNI route matching: pattern validation, duplicates, exact over wildcard, longest wildcard first.
+#include "config/sni.hpp"
 #include "proxy/sni_match.hpp"
 
 #include <catch2/catch.hpp>
 
-using spliced::proxy::normalize_sni;
+using spliced::config::normalize_sni;
 using spliced::proxy::sni_table;
-using spliced::proxy::validate_sni_pattern;
+using spliced::config::validate_sni_pattern;
 
 TEST_CASE("patterns a config may hold: LDH host names, optionally behind a leading *.") {
     for (const char* ok : {"example.com", "www.example.com", "*.example.com", "*.com", "localhost", "a", "xn--caf-dma.example",
