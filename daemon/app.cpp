@@ -248,7 +248,7 @@ generation app::impl::build(const config::config& c, bool log_plans) {
         }
         std::vector<std::shared_ptr<proxy::backend_state>> states;
         for (const auto& b : r.backends)
-            states.push_back(carried.backends.get(proxy::carry_over::backend_key(r.name, b.addr.text),
+            states.push_back(carried.backends.get(proxy::carry_over::backend_key(r.name, b.name),
                                                   [] { return std::make_shared<proxy::backend_state>(); }));
         auto queue = carried.queues.get(r.name, [] { return std::make_shared<proxy::backend_queue>(); });
         std::shared_ptr<proxy::admission> limit;
@@ -285,7 +285,7 @@ void app::impl::open_listeners() {
             names += r->cfg.name;
             if (!r->cfg.sni.empty()) names += " (" + std::to_string(r->cfg.sni.size()) + " SNI pattern(s))";
         }
-        spdlog::info("listening on {}: route(s) {}{}", group->addr.text, names,
+        spdlog::info("listening on {}: route(s) {}{}", group->addr.text(), names,
                      group->accept_proxy_protocol ? "; PROXY header required" : "");
     }
     spdlog::info("{} worker thread(s)", n);
@@ -469,9 +469,9 @@ net::awaitable<void> app::impl::apply(config::config next) {
         next.sockmap.capacity = cfg.sockmap.capacity;
     }
     if (next.metrics.enabled != cfg.metrics.enabled ||
-        (next.metrics.enabled && next.metrics.listen.text != cfg.metrics.listen.text)) {
+        (next.metrics.enabled && next.metrics.listen != cfg.metrics.listen)) {
         spdlog::warn("reload: metrics.listen changed: needs a restart; keeping {}",
-                     cfg.metrics.enabled ? cfg.metrics.listen.text : std::string("no metrics endpoint"));
+                     cfg.metrics.enabled ? cfg.metrics.listen.text() : std::string("no metrics endpoint"));
         next.metrics = cfg.metrics;
     }
     // Everything that can fail comes first, while nothing has changed: plans, the access log, binds.
@@ -481,12 +481,12 @@ net::awaitable<void> app::impl::apply(config::config next) {
                                : log::make_access_log(next.log);
     std::map<std::string, net::listen_claim> claimed;  // the new addresses, claimed before they are bound
     for (const auto& group : g.listeners)
-        if (!claims.contains(group->addr.text)) claimed.emplace(group->addr.text, group->addr);
+        if (!claims.contains(group->addr.text())) claimed.emplace(group->addr.text(), group->addr);
     std::vector<std::vector<std::shared_ptr<listener_slot>>> opened(workers.size());
     for (std::size_t i = 0; i < workers.size(); ++i)
         for (const auto& group : g.listeners) {
             const bool kept = std::any_of(workers[i]->listeners.begin(), workers[i]->listeners.end(),
-                                          [&](const auto& slot) { return slot->group->addr.text == group->addr.text; });
+                                          [&](const auto& slot) { return slot->group->addr == group->addr; });
             if (!kept)
                 opened[i].push_back(std::make_shared<listener_slot>(net::open_listener(workers[i]->io, group->addr), group));
         }
@@ -500,7 +500,7 @@ net::awaitable<void> app::impl::apply(config::config next) {
             std::vector<std::shared_ptr<listener_slot>> keep;
             for (auto& slot : w->listeners) {
                 auto found = std::find_if(g.listeners.begin(), g.listeners.end(),
-                                          [&](const auto& group) { return group->addr.text == slot->group->addr.text; });
+                                          [&](const auto& group) { return group->addr == slot->group->addr; });
                 if (found == g.listeners.end()) {
                     boost::system::error_code ignored;
                     slot->acceptor.close(ignored);  // its accept loop ends; its sessions run on
@@ -530,7 +530,7 @@ net::awaitable<void> app::impl::apply(config::config next) {
         if (std::none_of(g.routes.begin(), g.routes.end(), [&](const auto& o) { return o->cfg.name == r->cfg.name; }))
             spdlog::info("reload: route {} removed (its open connections run on)", r->cfg.name);
     std::erase_if(claims, [&](const auto& kv) {
-        return std::none_of(g.listeners.begin(), g.listeners.end(), [&](const auto& l) { return l->addr.text == kv.first; });
+        return std::none_of(g.listeners.begin(), g.listeners.end(), [&](const auto& l) { return l->addr.text() == kv.first; });
     });
     claims.merge(claimed);
     current = std::move(g);  // the old generation's health checks stop here
@@ -548,10 +548,10 @@ app::app(config::config cfg) : impl_(std::make_unique<impl>(std::move(cfg))) {
     d.activate(d.current);
     d.metrics.config_loaded(false, true);
     // First of all that binds: another spliced on one of these addresses refuses this start here.
-    for (const auto& group : d.current.listeners) d.claims.emplace(group->addr.text, group->addr);
+    for (const auto& group : d.current.listeners) d.claims.emplace(group->addr.text(), group->addr);
     if (d.cfg.metrics.enabled) {
         d.metrics.serve(d.cfg.metrics.listen);
-        spdlog::info("metrics on http://{}/metrics", d.cfg.metrics.listen.text);
+        spdlog::info("metrics on http://{}/metrics", d.cfg.metrics.listen.text());
     }
     d.open_listeners();  // last: a start that fails before this binds no listen address
 }

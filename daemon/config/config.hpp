@@ -1,6 +1,7 @@
 // Plain configuration structs: what a validated spliced YAML file says, with no I/O.
 #pragma once
 
+#include "net/address.hpp"
 #include "sys/enum_names.hpp"
 
 #include <array>
@@ -17,14 +18,10 @@ namespace spliced::config {
 enum class datapath_kind { auto_select, sockmap, splice, copy };
 
 // An IPv4 or IPv6 socket address, as parsed from "1.2.3.4:80" or "[::1]:80".
-struct address {
-    sockaddr_storage storage{};
-    socklen_t length = 0;
-    std::string text;  // as written in the config (normalised: "ip:port" / "[ip]:port")
-    int family() const { return storage.ss_family; }
-};
+using address = net::address;
 
 struct backend {
+    std::string name;    // its address as text ("ip:port" / "[ip]:port"): its name in logs, metrics, state keys
     address addr;        // a hostname entry becomes one backend per resolved address, in a stable order
     unsigned weight = 1;  // 0..256; 0 takes no new connections (drain)
     std::uint32_t max_connections = 0;  // open connections at once; 0 = no limit
@@ -57,7 +54,7 @@ struct cidr {
     unsigned bits = 0;
     std::string text;
     // True when `addr` (IPv4, IPv6, or IPv4-mapped IPv6 for an IPv4 network) is inside.
-    bool contains(const sockaddr* addr) const;
+    bool contains(const address& addr) const;
 };
 
 struct route_timeouts {

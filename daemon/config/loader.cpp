@@ -24,16 +24,11 @@
 
 namespace spliced::config {
 
-bool cidr::contains(const sockaddr* addr) const {
-    const std::uint8_t* bytes = nullptr;
-    if (addr->sa_family == AF_INET && family == AF_INET) {
-        bytes = reinterpret_cast<const std::uint8_t*>(&reinterpret_cast<const sockaddr_in*>(addr)->sin_addr);
-    } else if (addr->sa_family == AF_INET6) {
-        const auto* a6 = &reinterpret_cast<const sockaddr_in6*>(addr)->sin6_addr;
-        if (family == AF_INET6) bytes = a6->s6_addr;
-        else if (IN6_IS_ADDR_V4MAPPED(a6)) bytes = a6->s6_addr + 12;
-    }
-    if (!bytes) return false;
+bool cidr::contains(const address& addr) const {
+    // An IPv4 network takes an IPv4-mapped IPv6 address as the IPv4 one.
+    const address a = family == AF_INET ? addr.unmapped() : addr;
+    if (a.family() != family) return false;
+    const std::uint8_t* bytes = a.ip().data();
     unsigned whole = bits / 8, rest = bits % 8;
     if (std::memcmp(bytes, prefix.data(), whole) != 0) return false;
     if (rest == 0) return true;
@@ -105,7 +100,6 @@ namespace {
 
 // Parses an address or says what is wrong with it.
 std::variant<address, std::string> parse_address_or_reason(std::string_view text) {
-    address a;
     std::string host;
     std::string_view port_text;
     bool v6 = !text.empty() && text.front() == '[';
@@ -128,29 +122,18 @@ std::variant<address, std::string> parse_address_or_reason(std::string_view text
     for (char c : port_text) port = port * 10 + static_cast<unsigned>(c - '0');
     if (port == 0 || port > 65535) return "port " + std::to_string(port) + " is out of range 1-65535";
 
-    char buf[INET6_ADDRSTRLEN];
     if (v6) {
-        auto* sa = reinterpret_cast<sockaddr_in6*>(&a.storage);
-        if (::inet_pton(AF_INET6, host.c_str(), &sa->sin6_addr) != 1) return "'" + host + "' is not an IPv6 address";
-        sa->sin6_family = AF_INET6;
-        sa->sin6_port = htons(static_cast<std::uint16_t>(port));
-        a.length = sizeof(sockaddr_in6);
-        ::inet_ntop(AF_INET6, &sa->sin6_addr, buf, sizeof(buf));
-        a.text = "[" + std::string(buf) + "]:" + std::to_string(port);
-    } else {
-        auto* sa = reinterpret_cast<sockaddr_in*>(&a.storage);
-        if (::inet_pton(AF_INET, host.c_str(), &sa->sin_addr) != 1) {
-            if (host.find(':') != std::string::npos) return "IPv6 addresses need brackets, e.g. [::1]:80";
-            bool named = host.find_first_not_of("0123456789.") != std::string::npos;
-            return "'" + host + "' is not an IP address" + (named ? " (hostnames are not resolved)" : "");
-        }
-        sa->sin_family = AF_INET;
-        sa->sin_port = htons(static_cast<std::uint16_t>(port));
-        a.length = sizeof(sockaddr_in);
-        ::inet_ntop(AF_INET, &sa->sin_addr, buf, sizeof(buf));
-        a.text = std::string(buf) + ":" + std::to_string(port);
+        std::array<std::uint8_t, 16> ip{};
+        if (::inet_pton(AF_INET6, host.c_str(), ip.data()) != 1) return "'" + host + "' is not an IPv6 address";
+        return address::v6(ip, static_cast<std::uint16_t>(port));
     }
-    return a;
+    std::array<std::uint8_t, 4> ip{};
+    if (::inet_pton(AF_INET, host.c_str(), ip.data()) != 1) {
+        if (host.find(':') != std::string::npos) return "IPv6 addresses need brackets, e.g. [::1]:80";
+        bool named = host.find_first_not_of("0123456789.") != std::string::npos;
+        return "'" + host + "' is not an IP address" + (named ? " (hostnames are not resolved)" : "");
+    }
+    return address::v4(ip, static_cast<std::uint16_t>(port));
 }
 
 }  // namespace
@@ -215,7 +198,7 @@ public:
             auto listen = m.require("listen");
             c.metrics.enabled = true;
             c.metrics.listen = addr(value(listen), listen.what);
-            listens_.emplace(c.metrics.listen.text, "metrics.listen");
+            listens_.emplace(c.metrics.listen.text(), "metrics.listen");
         }
         if (auto f = top.get("log")) {
             mapping l(*this, map_value(*f), "log", {"level", "access_log"});
@@ -426,9 +409,10 @@ private:
         if (list.empty()) fail(n, "backend address '" + text + "': '" + host + "' has no IPv4 or IPv6 address");
         std::sort(list.begin(), list.end(), [](const address& a, const address& b) {
             if (a.family() != b.family()) return a.family() == AF_INET;
-            return std::memcmp(&a.storage, &b.storage, sizeof(a.storage)) < 0;
+            const auto x = a.ip(), y = b.ip();
+            return std::lexicographical_compare(x.begin(), x.end(), y.begin(), y.end());
         });
-        list.erase(std::unique(list.begin(), list.end(), [](const address& a, const address& b) { return a.text == b.text; }),
+        list.erase(std::unique(list.begin(), list.end(), [](const address& a, const address& b) { return a == b; }),
                    list.end());
         return list;
     }
@@ -437,11 +421,12 @@ private:
     // one are checked once all are read (check_shared_listens).
     address listen_address(const yaml::node& n, const std::string& route_name) {
         auto a = addr(n, "listen");
-        auto it = listens_.find(a.text);
-        if (it != listens_.end()) fail(n, "listen address " + a.text + " is already used by " + it->second);
-        auto& users = shared_[a.text];
+        const std::string text = a.text();
+        auto it = listens_.find(text);
+        if (it != listens_.end()) fail(n, "listen address " + text + " is already used by " + it->second);
+        auto& users = shared_[text];
         for (const auto& u : users)
-            if (u.route == route_name) fail(n, "listen address " + a.text + " is listed twice");
+            if (u.route == route_name) fail(n, "listen address " + text + " is listed twice");
         users.push_back({route_name, n});
         return a;
     }
@@ -592,13 +577,15 @@ private:
             if (auto f = b.get("weight")) proto.weight = count(*f, 0, 256, "");
             if (auto f = b.get("max_connections")) proto.max_connections = count(*f, 1, 10'000'000, "connections");
             for (auto& a : backend_addresses(value(where))) {
-                if (auto [it, fresh] = seen.emplace(a.text, value(where)); !fresh) {
+                const std::string name = a.text();
+                if (auto [it, fresh] = seen.emplace(name, value(where)); !fresh) {
                     auto m = it->second.Mark();
-                    fail(value(where), "route '" + r.name + "': backend " + a.text + " is listed twice (also at line " +
+                    fail(value(where), "route '" + r.name + "': backend " + name + " is listed twice (also at line " +
                                            std::to_string(m.line + 1) + ")");
                 }
                 backend bk = proto;
-                bk.addr = std::move(a);
+                bk.name = name;
+                bk.addr = a;
                 r.backends.push_back(std::move(bk));
             }
         }

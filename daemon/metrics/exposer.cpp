@@ -79,7 +79,7 @@ struct exposer::impl {
     std::thread thread;
 };
 
-exposer::exposer(const config::address& listen, std::function<std::string()> body) : impl_(std::make_unique<impl>()) {
+exposer::exposer(const net::address& listen, std::function<std::string()> body) : impl_(std::make_unique<impl>()) {
     auto& d = *impl_;
     d.body = std::move(body);
     try {

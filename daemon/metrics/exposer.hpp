@@ -14,7 +14,7 @@ class exposer {
 public:
     // Binds `listen` (throws std::runtime_error naming it when it cannot) and serves `GET /metrics`
     // with what `body()` returns (called on the endpoint's thread, once per scrape).
-    exposer(const config::address& listen, std::function<std::string()> body);
+    exposer(const net::address& listen, std::function<std::string()> body);
     ~exposer();  // stops the thread; open scrapes are closed
     exposer(const exposer&) = delete;
     exposer& operator=(const exposer&) = delete;

@@ -42,7 +42,7 @@ void registry::config_loaded(bool reload, bool success) {
 
 void registry::add_collectable(std::shared_ptr<prometheus::Collectable> c) { collectables_->push_back(std::move(c)); }
 
-void registry::serve(const config::address& listen) {
+void registry::serve(const net::address& listen) {
     // Serialized on the endpoint's thread at each scrape.
     auto body = [registry = registry_, more = collectables_, process = make_process_collectable()] {
         std::vector<prometheus::MetricFamily> families = registry->Collect();

@@ -116,7 +116,7 @@ public:
     // Adds a collectable whose series are made at scrape time (BPF counters, process metrics).
     void add_collectable(std::shared_ptr<prometheus::Collectable> c);
     // Serves GET /metrics on the address; throws std::runtime_error when it cannot bind.
-    void serve(const config::address& listen);
+    void serve(const net::address& listen);
     // Stops serving (joins the HTTP threads): first thing at stop, before anything a scrape reads goes.
     void stop_serving();
 

@@ -1,7 +1,7 @@
-// Asio endpoints: from config addresses, and as log text.
+// Asio endpoints: to and from net::address, a socket's addresses, and endpoints as log text.
 #pragma once
 
-#include "config/config.hpp"
+#include "net/address.hpp"
 #include "net/asio.hpp"
 
 #include <cstring>
@@ -10,11 +10,25 @@
 
 namespace spliced::net {
 
-inline tcp::endpoint to_endpoint(const config::address& a) {
+inline tcp::endpoint to_endpoint(const address& a) {
     tcp::endpoint ep;
-    std::memcpy(ep.data(), &a.storage, a.length);
-    ep.resize(a.length);
+    std::memcpy(ep.data(), a.data(), a.size());
+    ep.resize(a.size());
     return ep;
+}
+
+inline address from_endpoint(const tcp::endpoint& ep) { return address::from(ep.data()); }
+
+// The peer's (remote) or the local address of a socket; empty when the socket has none (reset, closed).
+inline address peer_of(const tcp::socket& s) {
+    boost::system::error_code ec;
+    auto ep = s.remote_endpoint(ec);
+    return ec ? address() : from_endpoint(ep);
+}
+inline address local_of(const tcp::socket& s) {
+    boost::system::error_code ec;
+    auto ep = s.local_endpoint(ec);
+    return ec ? address() : from_endpoint(ep);
 }
 
 }  // namespace spliced::net

@@ -18,7 +18,7 @@ namespace {
 
 // The abstract socket address of a claim (no file: it goes with the last descriptor, whatever ends the
 // process; one namespace per network namespace, like the listen addresses themselves).
-std::string claim_name(const config::address& addr) { return "spliced/listen/" + addr.text; }
+std::string claim_name(const address& addr) { return "spliced/listen/" + addr.text(); }
 
 sockaddr_un claim_address(const std::string& name, socklen_t& length) {
     sockaddr_un un{};
@@ -57,18 +57,18 @@ pid_t holder_of(const std::string& name) {
 
 }  // namespace
 
-listen_claim::listen_claim(const config::address& addr) {
+listen_claim::listen_claim(const address& addr) {
     socklen_t length = 0;
     const std::string name = claim_name(addr);  // at most 15 + 47 bytes ("[v6]:port"): it fits
     const sockaddr_un un = claim_address(name, length);
     fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (!fd_) throw std::runtime_error("cannot claim listen address " + addr.text + ": socket: " + std::strerror(errno));
+    if (!fd_) throw std::runtime_error("cannot claim listen address " + addr.text() + ": socket: " + std::strerror(errno));
     if (::bind(fd_.get(), reinterpret_cast<const sockaddr*>(&un), length) != 0) {
         const int err = errno;
         if (err != EADDRINUSE)
-            throw std::runtime_error("cannot claim listen address " + addr.text + ": " + std::strerror(err));
+            throw std::runtime_error("cannot claim listen address " + addr.text() + ": " + std::strerror(err));
         const pid_t pid = holder_of(name);
-        throw std::runtime_error("listen address " + addr.text + " is already served by another spliced" +
+        throw std::runtime_error("listen address " + addr.text() + " is already served by another spliced" +
                                  (pid > 0 ? " (pid " + std::to_string(pid) + ")" : std::string()) +
                                  "; two on one address would share its connections");
     }

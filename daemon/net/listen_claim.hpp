@@ -4,7 +4,7 @@
 // binds anything.
 #pragma once
 
-#include "config/config.hpp"
+#include "net/address.hpp"
 #include "sys/fd.hpp"
 
 namespace spliced::net {
@@ -13,7 +13,7 @@ class listen_claim {
 public:
     // Claims `addr` for this process (until the claim is destroyed, or the process ends); throws
     // std::runtime_error naming the address and, where it can tell, the process that holds it.
-    explicit listen_claim(const config::address& addr);
+    explicit listen_claim(const address& addr);
 
 private:
     sys::unique_fd fd_;  // an abstract unix socket bound to a name made of the address

@@ -14,7 +14,7 @@
 
 namespace spliced::net {
 
-tcp::acceptor open_listener(asio::io_context& io, const config::address& addr, bool reuse_port) {
+tcp::acceptor open_listener(asio::io_context& io, const address& addr, bool reuse_port) {
     using reuse_port_option = asio::detail::socket_option::boolean<SOL_SOCKET, SO_REUSEPORT>;
     auto ep = to_endpoint(addr);
     tcp::acceptor acceptor(io);
@@ -33,7 +33,7 @@ tcp::acceptor open_listener(asio::io_context& io, const config::address& addr, b
         ec = boost::system::error_code(errno, boost::system::system_category());
     if (!ec && sys::set_oob_inline(acceptor.native_handle()))
         ec = boost::system::error_code(errno, boost::system::system_category());
-    if (ec) throw std::runtime_error("cannot listen on " + addr.text + ": " + ec.message());
+    if (ec) throw std::runtime_error("cannot listen on " + addr.text() + ": " + ec.message());
     return acceptor;
 }
 

@@ -1,7 +1,7 @@
 // Listening sockets (one per address and worker, SO_REUSEPORT) and the accept loop that never dies.
 #pragma once
 
-#include "config/config.hpp"
+#include "net/address.hpp"
 #include "net/asio.hpp"
 
 #include <chrono>
@@ -11,7 +11,7 @@ namespace spliced::net {
 
 // Binds and listens on `addr`, with SO_REUSEPORT unless `reuse_port` is false (one socket for the
 // address: a second binder fails); throws std::runtime_error naming the address.
-tcp::acceptor open_listener(asio::io_context& io, const config::address& addr, bool reuse_port = true);
+tcp::acceptor open_listener(asio::io_context& io, const address& addr, bool reuse_port = true);
 
 // A limit on open connections that accepting waits for (a route's max_connections).
 class admit_gate {

@@ -44,7 +44,7 @@ struct awaiting_guard {
 
 int sessions_awaiting_descriptor() { return awaiting_descriptor.load(std::memory_order_relaxed); }
 
-awaitable<connect_outcome> connect_upstream(const config::address& addr, std::chrono::milliseconds timeout) {
+awaitable<connect_outcome> connect_upstream(const address& addr, std::chrono::milliseconds timeout) {
     using namespace std::chrono_literals;
     auto executor = co_await asio::this_coro::executor;
     connect_outcome out;

@@ -1,7 +1,7 @@
 // Connecting to one backend with a deadline.
 #pragma once
 
-#include "config/config.hpp"
+#include "net/address.hpp"
 #include "sys/enum_names.hpp"
 #include "net/asio.hpp"
 
@@ -40,7 +40,7 @@ struct connect_outcome {
 
 // Connects to `addr`, giving up after `timeout`. Out of descriptors (or socket memory) to open the
 // socket, it waits for one within `timeout`, then gives up with connect_error::local.
-awaitable<connect_outcome> connect_upstream(const config::address& addr, std::chrono::milliseconds timeout);
+awaitable<connect_outcome> connect_upstream(const address& addr, std::chrono::milliseconds timeout);
 
 // Sessions (process-wide) waiting for a descriptor to open their upstream socket. While there are
 // any, the accept loops hold off: a client accepted now would only take the descriptor they need.

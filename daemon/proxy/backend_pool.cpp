@@ -108,7 +108,7 @@ void backend_pool::set_up_locked(std::size_t index, bool up, const std::string& 
         s.down_by_passive = false;
         s.connect_failures = 0;
     }
-    spdlog::warn("route {}: backend {} is {}: {}", route_, backends_[index].addr.text, up ? "up" : "down", why);
+    spdlog::warn("route {}: backend {} is {}: {}", route_, backends_[index].name, up ? "up" : "down", why);
     publish(index);
 }
 

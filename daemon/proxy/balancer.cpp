@@ -3,28 +3,15 @@
 
 #include "proxy/balance/algorithms.hpp"
 
-#include <cstring>
-#include <netinet/in.h>
+#include <algorithm>
 
 namespace spliced::proxy {
 
-client_key client_key::of(const sockaddr* addr) {
+client_key client_key::of(const net::address& addr) {
     client_key k;
-    if (!addr) return k;
-    if (addr->sa_family == AF_INET) {
-        const auto* in = reinterpret_cast<const sockaddr_in*>(addr);
-        std::memcpy(k.bytes.data(), &in->sin_addr, 4);
-        k.length = 4;
-    } else if (addr->sa_family == AF_INET6) {
-        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(addr);
-        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
-            std::memcpy(k.bytes.data(), in6->sin6_addr.s6_addr + 12, 4);
-            k.length = 4;
-        } else {
-            std::memcpy(k.bytes.data(), in6->sin6_addr.s6_addr, 16);
-            k.length = 16;
-        }
-    }
+    const auto ip = addr.unmapped().ip();  // an IPv4-mapped address counts as its IPv4 one
+    std::copy(ip.begin(), ip.end(), k.bytes.begin());
+    k.length = static_cast<std::uint8_t>(ip.size());
     return k;
 }
 

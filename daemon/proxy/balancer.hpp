@@ -3,6 +3,7 @@
 #pragma once
 
 #include "config/config.hpp"
+#include "net/address.hpp"
 
 #include <array>
 #include <cstddef>
@@ -26,7 +27,7 @@ struct candidate {
 struct client_key {
     std::array<std::uint8_t, 16> bytes{};
     std::uint8_t length = 0;
-    static client_key of(const sockaddr* addr);
+    static client_key of(const net::address& addr);
 };
 
 class balancer {

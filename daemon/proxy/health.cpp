@@ -16,13 +16,7 @@ namespace {
 using clock = std::chrono::steady_clock;
 
 // The backend's address with the check's port, when it has one.
-config::address check_target(config::address a, std::uint16_t port) {
-    if (!port) return a;
-    if (a.family() == AF_INET) reinterpret_cast<sockaddr_in*>(&a.storage)->sin_port = htons(port);
-    else reinterpret_cast<sockaddr_in6*>(&a.storage)->sin6_port = htons(port);
-    a.text = a.text.substr(0, a.text.rfind(':') + 1) + std::to_string(port);
-    return a;
-}
+net::address check_target(const net::address& a, std::uint16_t port) { return port ? a.with_port(port) : a; }
 
 // Sends and reads what the check asks for; the caller bounds it in time.
 net::awaitable<check_outcome> converse(net::tcp::socket& s, const config::health_check& check) {
@@ -62,7 +56,7 @@ struct health_checks::shared {
 
 namespace {
 
-net::awaitable<void> check_loop(std::shared_ptr<health_checks::shared> sh, std::size_t index, config::address target,
+net::awaitable<void> check_loop(std::shared_ptr<health_checks::shared> sh, std::size_t index, net::address target,
                                 clock::time_point due) {
     auto& timer = *sh->timers[index];
     for (;;) {
@@ -83,7 +77,7 @@ net::awaitable<void> check_loop(std::shared_ptr<health_checks::shared> sh, std::
 
 }  // namespace
 
-net::awaitable<check_outcome> check_once(const config::address& target, const config::health_check& check) {
+net::awaitable<check_outcome> check_once(const net::address& target, const config::health_check& check) {
     const auto started = clock::now();
     auto connected = co_await net::connect_upstream(target, check.timeout);
     if (!connected.socket) co_return check_outcome{false, "connect: " + std::string(net::to_string(connected.reason))};

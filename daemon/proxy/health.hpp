@@ -19,7 +19,7 @@ struct check_outcome {
 
 // One check of `target`: a TCP connect, then `send` and a reply that starts with `expect` when they are
 // given, all within `check.timeout`.
-net::awaitable<check_outcome> check_once(const config::address& target, const config::health_check& check);
+net::awaitable<check_outcome> check_once(const net::address& target, const config::health_check& check);
 
 // The active checks of one pool's backends, every `check.interval`, reporting to the pool: from its
 // construction (a backend checked alike before keeps its schedule; any other is checked at once) until

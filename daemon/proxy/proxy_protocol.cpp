@@ -47,15 +47,12 @@ std::optional<std::uint16_t> parse_port(std::string_view text) {
 }
 
 // A v1 address by inet_pton rules (IPv4: exactly four decimal octets, no leading zero).
-std::optional<ip_endpoint> parse_ip(std::string_view text, bool v6, std::uint16_t port) {
+std::optional<net::address> parse_ip(std::string_view text, bool v6, std::uint16_t port) {
     const std::string copy(text);  // inet_pton wants a terminated string
     std::array<std::uint8_t, 16> bytes{};
     if (inet_pton(v6 ? AF_INET6 : AF_INET, copy.c_str(), bytes.data()) != 1) return std::nullopt;
-    ip_endpoint endpoint;
-    endpoint.is_v6 = v6;
-    endpoint.address = bytes;
-    endpoint.port = port;
-    return endpoint;
+    if (v6) return net::address::v6(bytes, port);
+    return net::address::v4({bytes[0], bytes[1], bytes[2], bytes[3]}, port);
 }
 
 std::uint16_t read_u16(const std::uint8_t* p) { return static_cast<std::uint16_t>((p[0] << 8) | p[1]); }
@@ -66,71 +63,6 @@ void put_u16(std::vector<std::uint8_t>& out, std::size_t value) {
 }
 
 }  // namespace
-
-ip_endpoint ip_endpoint::v4(const std::array<std::uint8_t, 4>& address, std::uint16_t port) {
-    ip_endpoint endpoint;
-    std::copy(address.begin(), address.end(), endpoint.address.begin());
-    endpoint.port = port;
-    return endpoint;
-}
-
-ip_endpoint ip_endpoint::v6(const std::array<std::uint8_t, 16>& address, std::uint16_t port) {
-    ip_endpoint endpoint;
-    endpoint.is_v6 = true;
-    endpoint.address = address;
-    endpoint.port = port;
-    return endpoint;
-}
-
-ip_endpoint ip_endpoint::as_v6() const {
-    if (is_v6) return *this;
-    std::array<std::uint8_t, 16> mapped{};
-    mapped[10] = 0xFF;
-    mapped[11] = 0xFF;
-    std::copy(address.begin(), address.begin() + 4, mapped.begin() + 12);
-    return v6(mapped, port);
-}
-
-std::string to_string(const ip_endpoint& endpoint) {
-    char text[INET6_ADDRSTRLEN] = {};
-    inet_ntop(endpoint.is_v6 ? AF_INET6 : AF_INET, endpoint.address.data(), text, sizeof text);
-    std::string out = endpoint.is_v6 ? "[" + std::string(text) + "]" : std::string(text);
-    return out + ":" + std::to_string(endpoint.port);
-}
-
-sockaddr_storage to_sockaddr(const ip_endpoint& endpoint) {
-    sockaddr_storage storage{};
-    if (endpoint.is_v6) {
-        auto* in6 = reinterpret_cast<sockaddr_in6*>(&storage);
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons(endpoint.port);
-        std::memcpy(&in6->sin6_addr, endpoint.address.data(), 16);
-    } else {
-        auto* in4 = reinterpret_cast<sockaddr_in*>(&storage);
-        in4->sin_family = AF_INET;
-        in4->sin_port = htons(endpoint.port);
-        std::memcpy(&in4->sin_addr, endpoint.address.data(), 4);
-    }
-    return storage;
-}
-
-std::optional<ip_endpoint> from_sockaddr(const sockaddr_storage& address) {
-    ip_endpoint endpoint;
-    if (address.ss_family == AF_INET6) {
-        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&address);
-        endpoint.is_v6 = true;
-        endpoint.port = ntohs(in6->sin6_port);
-        std::memcpy(endpoint.address.data(), &in6->sin6_addr, 16);
-        return endpoint;
-    }
-    if (address.ss_family == AF_INET) {
-        const auto* in4 = reinterpret_cast<const sockaddr_in*>(&address);
-        endpoint.port = ntohs(in4->sin_port);
-        std::memcpy(endpoint.address.data(), &in4->sin_addr, 4);
-        return endpoint;
-    }
-    return std::nullopt;
-}
 
 std::uint32_t crc32c(std::span<const std::uint8_t> bytes) {
     crc32c_engine crc;
@@ -316,8 +248,8 @@ proxy_header_parser::result proxy_header_parser::finish_v2() {
     switch (family) {
     case 0x11:
         header_.family = proxy_family::tcp4;
-        header_.source = ip_endpoint::v4({block[0], block[1], block[2], block[3]}, read_u16(block + 8));
-        header_.destination = ip_endpoint::v4({block[4], block[5], block[6], block[7]}, read_u16(block + 10));
+        header_.source = net::address::v4({block[0], block[1], block[2], block[3]}, read_u16(block + 8));
+        header_.destination = net::address::v4({block[4], block[5], block[6], block[7]}, read_u16(block + 10));
         break;
     case 0x21: {
         header_.family = proxy_family::tcp6;
@@ -325,8 +257,8 @@ proxy_header_parser::result proxy_header_parser::finish_v2() {
         std::array<std::uint8_t, 16> destination{};
         std::copy(block, block + 16, source.begin());
         std::copy(block + 16, block + 32, destination.begin());
-        header_.source = ip_endpoint::v6(source, read_u16(block + 32));
-        header_.destination = ip_endpoint::v6(destination, read_u16(block + 34));
+        header_.source = net::address::v6(source, read_u16(block + 32));
+        header_.destination = net::address::v6(destination, read_u16(block + 34));
         break;
     }
     case 0x31: header_.family = proxy_family::unix_stream; break;
@@ -377,30 +309,19 @@ proxy_header_parser::result proxy_header_parser::finish_v2() {
 
 // ---- encoders ----
 
-namespace {
-
-std::string address_text(const ip_endpoint& endpoint) {
-    char text[INET6_ADDRSTRLEN] = {};
-    inet_ntop(endpoint.is_v6 ? AF_INET6 : AF_INET, endpoint.address.data(), text, sizeof text);
-    return text;
-}
-
-}  // namespace
-
-std::vector<std::uint8_t> encode_v1(const ip_endpoint& source, const ip_endpoint& destination) {
-    const bool six = source.is_v6 || destination.is_v6;
-    const ip_endpoint src = six ? source.as_v6() : source;
-    const ip_endpoint dst = six ? destination.as_v6() : destination;
-    const std::string line = std::string(six ? "PROXY TCP6 " : "PROXY TCP4 ") + address_text(src) + " " +
-                             address_text(dst) + " " + std::to_string(src.port) + " " + std::to_string(dst.port) +
-                             "\r\n";
+std::vector<std::uint8_t> encode_v1(const net::address& source, const net::address& destination) {
+    const bool six = source.is_v6() || destination.is_v6();
+    const net::address src = six ? source.as_v6() : source;
+    const net::address dst = six ? destination.as_v6() : destination;
+    const std::string line = std::string(six ? "PROXY TCP6 " : "PROXY TCP4 ") + src.ip_text() + " " + dst.ip_text() +
+                             " " + std::to_string(src.port()) + " " + std::to_string(dst.port()) + "\r\n";
     return {line.begin(), line.end()};
 }
 
-std::vector<std::uint8_t> encode_v2(const ip_endpoint& source, const ip_endpoint& destination,
+std::vector<std::uint8_t> encode_v2(const net::address& source, const net::address& destination,
                                     std::string_view authority, std::span<const std::uint8_t> unique_id) {
     if (unique_id.empty() || unique_id.size() > 128) return {};
-    const bool six = source.is_v6 || destination.is_v6;
+    const bool six = source.is_v6() || destination.is_v6();
     const std::size_t address_size = six ? 36 : 12;
     const std::size_t length =
         address_size + (authority.empty() ? 0 : 3 + authority.size()) + 3 + unique_id.size();
@@ -411,13 +332,12 @@ std::vector<std::uint8_t> encode_v2(const ip_endpoint& source, const ip_endpoint
     out.push_back(0x21);                 // version 2, PROXY
     out.push_back(six ? 0x21 : 0x11);    // TCP over IPv6 / IPv4
     put_u16(out, length);
-    const ip_endpoint src = six ? source.as_v6() : source;
-    const ip_endpoint dst = six ? destination.as_v6() : destination;
-    const std::size_t bytes = six ? 16 : 4;
-    out.insert(out.end(), src.address.begin(), src.address.begin() + static_cast<std::ptrdiff_t>(bytes));
-    out.insert(out.end(), dst.address.begin(), dst.address.begin() + static_cast<std::ptrdiff_t>(bytes));
-    put_u16(out, src.port);
-    put_u16(out, dst.port);
+    const net::address src = six ? source.as_v6() : source;
+    const net::address dst = six ? destination.as_v6() : destination;
+    out.insert(out.end(), src.ip().begin(), src.ip().end());
+    out.insert(out.end(), dst.ip().begin(), dst.ip().end());
+    put_u16(out, src.port());
+    put_u16(out, dst.port());
     if (!authority.empty()) {
         out.push_back(pp2_type_authority);
         put_u16(out, authority.size());

@@ -1,6 +1,7 @@
 // PROXY protocol v1 and v2 (HAProxy's proxy-protocol.txt): an incremental header decoder and the two encoders.
 #pragma once
 
+#include "net/address.hpp"
 #include "proxy/parse_status.hpp"
 #include "sys/enum_names.hpp"
 
@@ -49,24 +50,6 @@ namespace spliced::proxy {
 inline std::string_view to_string(proxy_protocol_error reason) { return sys::name_of(reason); }
 
 
-// An IPv4 or IPv6 address with a TCP port.
-struct ip_endpoint {
-    bool is_v6 = false;
-    std::array<std::uint8_t, 16> address{};  // network byte order; IPv4 uses the first 4 bytes, the rest stay 0
-    std::uint16_t port = 0;                  // host byte order
-
-    static ip_endpoint v4(const std::array<std::uint8_t, 4>& address, std::uint16_t port);
-    static ip_endpoint v6(const std::array<std::uint8_t, 16>& address, std::uint16_t port);
-    // ::ffff:a.b.c.d for an IPv4 endpoint; an IPv6 one is returned as it is.
-    ip_endpoint as_v6() const;
-    friend bool operator==(const ip_endpoint&, const ip_endpoint&) = default;
-};
-// "1.2.3.4:80" or "[2001:db8::1]:443".
-std::string to_string(const ip_endpoint& endpoint);
-sockaddr_storage to_sockaddr(const ip_endpoint& endpoint);
-// nullopt unless the family is AF_INET or AF_INET6.
-std::optional<ip_endpoint> from_sockaddr(const sockaddr_storage& address);
-
 enum class proxy_command : std::uint8_t { local, proxy };
 // v1 UNKNOWN and v2 UNSPEC report unspec, v2 UNIX stream reports unix_stream; v2 LOCAL always reports unspec.
 enum class proxy_family : std::uint8_t { unspec, tcp4, tcp6, unix_stream };
@@ -90,8 +73,8 @@ struct proxy_header {
     int version = 0;  // 1 or 2
     proxy_command command = proxy_command::proxy;
     proxy_family family = proxy_family::unspec;
-    std::optional<ip_endpoint> source;
-    std::optional<ip_endpoint> destination;
+    std::optional<net::address> source;
+    std::optional<net::address> destination;
     std::vector<proxy_tlv> tlvs;                   // v2, in wire order (CRC32C and NOOP included)
     std::optional<std::string> authority;          // TLV 0x02, as sent
     std::optional<std::vector<std::uint8_t>> unique_id;  // TLV 0x05, 0..128 bytes
@@ -156,12 +139,12 @@ private:
 
 // "PROXY TCP4 src dst sport dport\r\n". Mixed families (one IPv4, one IPv6 endpoint) are sent as TCP6 with the
 // IPv4 one mapped (::ffff:a.b.c.d).
-std::vector<std::uint8_t> encode_v1(const ip_endpoint& source, const ip_endpoint& destination);
+std::vector<std::uint8_t> encode_v1(const net::address& source, const net::address& destination);
 
 // A v2 PROXY header over TCP4 or TCP6 (mixed families: TCP6, IPv4 mapped), with an AUTHORITY TLV when
 // `authority` is not empty and always a UNIQUE_ID TLV. Returns an empty vector, refusing, when `unique_id` is
 // not 1 to 128 bytes or the header would exceed max_v2_header.
-std::vector<std::uint8_t> encode_v2(const ip_endpoint& source, const ip_endpoint& destination,
+std::vector<std::uint8_t> encode_v2(const net::address& source, const net::address& destination,
                                     std::string_view authority, std::span<const std::uint8_t> unique_id);
 
 }  // namespace spliced::proxy

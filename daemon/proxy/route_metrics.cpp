@@ -25,8 +25,8 @@ route_metrics route_series(metrics::registry& registry, const config::route& r) 
     m.series.push_back(route);
     for (const auto& backend : r.backends) {
         auto g = registry.series<backend_metrics>(
-            "backend\n" + r.name + "\n" + backend.addr.text, [&](metrics::series_builder& b, backend_metrics& h) {
-                const prometheus::Labels labels{{"route", r.name}, {"backend", backend.addr.text}};
+            "backend\n" + r.name + "\n" + backend.name, [&](metrics::series_builder& b, backend_metrics& h) {
+                const prometheus::Labels labels{{"route", r.name}, {"backend", backend.name}};
                 SPLICED_BACKEND_SERIES(SPLICED_MAKE_SERIES, SPLICED_MAKE_BY_SERIES)
             });
         m.backends.push_back(g->handles);

@@ -18,14 +18,14 @@ std::vector<std::shared_ptr<listener_routes>> group_by_listener(const std::vecto
         for (const auto& addr : route->cfg.listen) {
             std::shared_ptr<listener_routes> group;
             for (auto& g : out)
-                if (g->addr.text == addr.text) group = g;
+                if (g->addr == addr) group = g;
             if (!group) {
                 group = std::make_shared<listener_routes>();
                 group->addr = addr;
                 group->accept_proxy_protocol = route->cfg.accept_proxy_protocol;
                 group->trusted_proxies = route->cfg.trusted_proxies;
                 group->handshake = route->cfg.timeouts.handshake;
-                group->metrics = listener_series(registry, addr.text);
+                group->metrics = listener_series(registry, addr.text());
                 out.push_back(group);
             }
             const std::size_t index = group->routes.size();

@@ -14,7 +14,7 @@ namespace spliced::proxy {
 // A listen address and the routes on it. Routes that share an address agree on the preamble (the
 // loader checks): whether a PROXY header comes first, from which sources, and how long it may take.
 struct listener_routes {
-    config::address addr;
+    net::address addr;
     std::vector<std::shared_ptr<route_runtime>> routes;  // in config order
     std::shared_ptr<route_runtime> fallback;              // the route without match.sni, or null
     sni_table sni;                                        // pattern -> index into routes

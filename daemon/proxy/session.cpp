@@ -46,12 +46,6 @@ std::size_t session_registry::finish_all() {
 
 namespace {
 
-std::string endpoint_text(const net::tcp::socket& s, bool remote) {
-    boost::system::error_code ec;
-    auto ep = remote ? s.remote_endpoint(ec) : s.local_endpoint(ec);
-    return ec ? std::string("?") : fmt::format("{}", ep);
-}
-
 // Connects to a backend the pool gives (waiting in its queue when all are full), trying the next one on
 // failure; counts every failure. Sets `end` when none was reached for a reason of its own.
 net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route, std::uint64_t id,
@@ -82,7 +76,7 @@ net::awaitable<std::optional<net::tcp::socket>> connect_any(route_runtime& route
         }
         tried.push_back(&pool.state(index));
         pool.metrics().backends[index].connect_errors.inc(outcome.reason);
-        spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.addr.text,
+        spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.name,
                      net::to_string(outcome.reason), outcome.error.message());
         // No socket of our own after a whole connect timeout: another backend needs one just the same.
         if (outcome.reason == net::connect_error::local) break;
@@ -106,25 +100,13 @@ void prepare(net::tcp::socket& s, bool accepted) {
 std::vector<std::uint8_t> proxy_header_to_send(config::proxy_protocol_version version, const net::tcp::socket& client,
                                                const std::optional<proxy_header>& accepted,
                                                const std::optional<std::string>& server_name, std::uint64_t id) {
-    std::optional<ip_endpoint> src, dst;
-    if (accepted && accepted->has_addresses()) {
-        src = accepted->source;
-        dst = accepted->destination;
-    } else {
-        boost::system::error_code ec1, ec2;
-        auto peer = client.remote_endpoint(ec1);
-        auto local = client.local_endpoint(ec2);
-        if (ec1 || ec2) return {};
-        sockaddr_storage a{}, b{};
-        std::memcpy(&a, peer.data(), peer.size());
-        std::memcpy(&b, local.data(), local.size());
-        src = from_sockaddr(a);
-        dst = from_sockaddr(b);
-    }
-    if (!src || !dst) return {};
-    if (version == config::proxy_protocol_version::v1) return encode_v1(*src, *dst);
+    const bool from_header = accepted && accepted->has_addresses();
+    const net::address src = from_header ? *accepted->source : net::peer_of(client);
+    const net::address dst = from_header ? *accepted->destination : net::local_of(client);
+    if (src.empty() || dst.empty()) return {};
+    if (version == config::proxy_protocol_version::v1) return encode_v1(src, dst);
     const std::string unique = std::to_string(id);
-    return encode_v2(*src, *dst, server_name.value_or(""),
+    return encode_v2(src, dst, server_name.value_or(""),
                      std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(unique.data()), unique.size()));
 }
 
@@ -202,11 +184,10 @@ private:
 
 bool session::trusted_source() const {
     if (listener_->trusted_proxies.empty()) return true;
-    boost::system::error_code ec;
-    auto peer = client_.remote_endpoint(ec);
-    if (ec) return false;
-    for (const auto& net : listener_->trusted_proxies)
-        if (net.contains(peer.data())) return true;
+    const net::address peer = net::peer_of(client_);
+    if (peer.empty()) return false;
+    for (const auto& network : listener_->trusted_proxies)
+        if (network.contains(peer)) return true;
     return false;
 }
 
@@ -230,13 +211,8 @@ void session::report_bytes_from(const sys::tcp_stats* from_client, const sys::tc
 client_key session::balance_key(const std::optional<proxy_header>& accepted) const {
     // Only source_hash reads the key: the others cost no getpeername() per connection.
     if (route_->cfg.balance != config::balance_kind::source_hash) return client_key{};
-    if (accepted && accepted->has_addresses()) {
-        const sockaddr_storage a = to_sockaddr(*accepted->source);
-        return client_key::of(reinterpret_cast<const sockaddr*>(&a));
-    }
-    boost::system::error_code ec;
-    auto peer = client_.remote_endpoint(ec);
-    return ec ? client_key{} : client_key::of(peer.data());
+    if (accepted && accepted->has_addresses()) return client_key::of(*accepted->source);
+    return client_key::of(net::peer_of(client_));
 }
 
 net::awaitable<bool> session::admit() {
@@ -254,7 +230,7 @@ net::awaitable<bool> session::admit() {
 net::awaitable<void> session::run() {
     prepare(client_, true);
     // Only the access log needs the peer's address (one getpeername per connection otherwise).
-    if (env_.access_log) client_text_ = endpoint_text(client_, true);
+    if (env_.access_log) client_text_ = net::peer_of(client_).text();
 
     std::optional<proxy_header> accepted;
     std::optional<std::string> server_name;
@@ -275,7 +251,7 @@ net::awaitable<void> session::run() {
             static log::once_per warning(std::chrono::seconds(10));
             if (std::uint64_t more = 0; warning.allow(more))
                 spdlog::warn("conn {} {}: PROXY header refused: {} ({} more since the last warning)", id_,
-                             listener_->addr.text, to_string(pre.proxy_reason), more);
+                             listener_->addr.text(), to_string(pre.proxy_reason), more);
             refuse("bad_proxy_header", pre.sent_unread);
             co_return;
         }
@@ -286,7 +262,7 @@ net::awaitable<void> session::run() {
         accepted = pre.proxy;
         consumed_ = pre.consumed;
         server_name = pre.server_name;
-        if (accepted && accepted->has_addresses() && env_.access_log) client_text_ = to_string(*accepted->source);
+        if (accepted && accepted->has_addresses() && env_.access_log) client_text_ = accepted->source->text();
         if (listener_->reads_client_hello()) {
             route_ = listener_->route_for(server_name);
             // The default route has no match.sni, so only a name match leads elsewhere.
@@ -318,7 +294,7 @@ net::awaitable<void> session::run() {
         co_return;
     }
     upstream_ = std::move(*upstream);
-    backend_ = &slot_.backend().addr.text;
+    backend_ = &slot_.backend().name;
     if (cut_) {
         finish(datapath::end_reason::shutdown, true);
         co_return;

@@ -71,8 +71,8 @@ void check_header(const outcome& o) {
     require(h.has_addresses() == (h.family == proxy_family::tcp4 || h.family == proxy_family::tcp6));
     if (h.has_addresses()) {
         require(h.command == proxy_command::proxy);
-        require(h.source->is_v6 == (h.family == proxy_family::tcp6));
-        require(h.destination->is_v6 == h.source->is_v6);
+        require(h.source->is_v6() == (h.family == proxy_family::tcp6));
+        require(h.destination->is_v6() == h.source->is_v6());
     }
     if (h.unique_id) require(h.unique_id->size() <= 128);
 
@@ -98,19 +98,18 @@ void check_header(const outcome& o) {
 void round_trip(std::span<const std::uint8_t> data) {
     if (data.size() < 38) return;
     const auto take = [&](std::size_t at, bool v6) {
-        ip_endpoint e;
-        e.is_v6 = v6;
-        std::memcpy(e.address.data(), data.data() + at, v6 ? 16 : 4);
-        e.port = static_cast<std::uint16_t>((data[at + 16] << 8) | data[at + 17]);
-        return e;
+        std::array<std::uint8_t, 16> ip{};
+        std::memcpy(ip.data(), data.data() + at, v6 ? 16 : 4);
+        const auto port = static_cast<std::uint16_t>((data[at + 16] << 8) | data[at + 17]);
+        return v6 ? spliced::net::address::v6(ip, port) : spliced::net::address::v4({ip[0], ip[1], ip[2], ip[3]}, port);
     };
     const bool src6 = data[0] & 1;
     const bool dst6 = data[0] & 2;
-    const ip_endpoint src = take(1, src6);
-    const ip_endpoint dst = take(19, dst6);
+    const spliced::net::address src = take(1, src6);
+    const spliced::net::address dst = take(19, dst6);
     const bool six = src6 || dst6;
-    const ip_endpoint want_src = six ? src.as_v6() : src;
-    const ip_endpoint want_dst = six ? dst.as_v6() : dst;
+    const spliced::net::address want_src = six ? src.as_v6() : src;
+    const spliced::net::address want_dst = six ? dst.as_v6() : dst;
 
     const auto v1 = encode_v1(src, dst);
     const outcome o1 = run(v1, v1.size(), 3);

@@ -167,7 +167,7 @@ std::shared_ptr<backend_pool> next_table(fixture& f, const config::route& cfg, m
         // The states by address: a backend the new list keeps is the old one's.
         std::shared_ptr<proxy::backend_state> found;
         for (std::size_t j = 0; j < f.cfg.backends.size(); ++j)
-            if (f.cfg.backends[j].addr.text == cfg.backends[i].addr.text) found = f.states[j];
+            if (f.cfg.backends[j].name == cfg.backends[i].name) found = f.states[j];
         states.push_back(found ? found : std::make_shared<proxy::backend_state>());
     }
     return std::make_shared<backend_pool>(cfg, proxy::route_series(registry, cfg), std::move(states), std::move(queue), 2);
@@ -200,7 +200,7 @@ TEST_CASE("a slot freed on an old table's pool goes to the oldest waiter, throug
     CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(2));  // served now, not at its queue timeout
     REQUIRE(waited.result == backend_pool::outcome::leased);
     CHECK(&waited.slot.pool() == next.get());
-    CHECK(waited.slot.backend().addr.text == "127.0.0.1:9001");
+    CHECK(waited.slot.backend().name == "127.0.0.1:9001");
     CHECK(next->active(0) == 1);
 }
 

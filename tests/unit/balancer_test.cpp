@@ -262,7 +262,7 @@ TEST_CASE("source hash spreads IPv6 clients too, and an IPv4-mapped address coun
     mapped.sin6_family = AF_INET6;
     const std::uint8_t bytes[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 1, 7};
     std::memcpy(mapped.sin6_addr.s6_addr, bytes, 16);
-    const auto key = client_key::of(reinterpret_cast<const sockaddr*>(&mapped));
+    const auto key = client_key::of(spliced::net::address::from(reinterpret_cast<const sockaddr*>(&mapped)));
     CHECK(key.length == 4);
     CHECK(pick_index(*b, eligible, key) == pick_index(*b, eligible, v4(10, 0, 1, 7)));
 }

@@ -23,20 +23,14 @@ int option(int fd, int level, int name) {
 TEST_CASE("a socket accepted from an open_listener() has TCP_NODELAY and SO_OOBINLINE without setting them",
           "[listener]") {
     boost::asio::io_context io;
-    spliced::config::address addr;
-    auto* sin = reinterpret_cast<sockaddr_in*>(&addr.storage);
-    sin->sin_family = AF_INET;
-    sin->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.length = sizeof(sockaddr_in);
-    addr.text = "127.0.0.1:0";
+    const auto addr = spliced::net::address::v4({127, 0, 0, 1}, 0);
     auto acceptor = spliced::net::open_listener(io, addr, false);
     const auto port = acceptor.local_endpoint().port();
 
     const int client = ::socket(AF_INET, SOCK_STREAM, 0);
     REQUIRE(client >= 0);
-    sockaddr_in to = *sin;
-    to.sin_port = htons(port);
-    REQUIRE(::connect(client, reinterpret_cast<const sockaddr*>(&to), sizeof(to)) == 0);
+    const auto to = addr.with_port(port);
+    REQUIRE(::connect(client, to.data(), to.size()) == 0);
     auto accepted = acceptor.accept();
     const int fd = accepted.native_handle();
     CHECK(option(fd, IPPROTO_TCP, TCP_NODELAY) != 0);
