@@ -8,6 +8,7 @@
 #include "metrics/registry.hpp"
 #include "net/listen_claim.hpp"
 #include "net/listener.hpp"
+#include "net/spawn.hpp"
 #include "net/resolve.hpp"
 #include "config/loader.hpp"
 #include "proxy/carry_over.hpp"
@@ -316,24 +317,17 @@ net::awaitable<void> run_listener(std::shared_ptr<listener_slot> slot,
 void app::impl::spawn_accept_loop(worker& w, const std::shared_ptr<listener_slot>& slot) {
     auto on_accept = [this, w = &w, slot](net::tcp::socket s, bool admitted) {
         auto id = next_id.fetch_add(1, std::memory_order_relaxed);
-        net::asio::co_spawn(w->io, proxy::run_session(slot->group, w->env, std::move(s), id, admitted),
-                            [id](std::exception_ptr e) {
-                                if (!e) return;
-                                try {
-                                    std::rethrow_exception(e);
-                                } catch (const std::exception& ex) {
-                                    spdlog::error("conn {}: session failed: {}", id, ex.what());
-                                }
-                            });
+        net::spawn(w->io, proxy::run_session(slot->group, w->env, std::move(s), id, admitted),
+                   [id] { return fmt::format("conn {}: session", id); });
     };
-    net::asio::co_spawn(w.io, run_listener(slot, std::move(on_accept)), net::asio::detached);
+    net::spawn(w.io, run_listener(slot, std::move(on_accept)), "accept loop on " + slot->group->addr.text());
 }
 
 void app::impl::start_workers() {
     for (auto& w : workers) {
         w->env = proxy::session_env{engine.get(), access_log, &active, &w->live};
         for (auto& slot : w->listeners) spawn_accept_loop(*w, slot);
-        net::asio::co_spawn(w->io, report_bytes_every(w->live, std::chrono::seconds(10)), net::asio::detached);
+        net::spawn(w->io, report_bytes_every(w->live, std::chrono::seconds(10)), "byte report");
         w->thread = std::thread([io = &w->io] {
             auto guard = net::asio::make_work_guard(*io);
             io->run();
@@ -407,7 +401,7 @@ net::awaitable<void> app::impl::serve_signals() {
         if (sig == SIGHUP) {
             // SIGHUPs that arrive during a reload make one more after it, however many they are.
             reload_wanted = true;
-            if (!reloading) net::asio::co_spawn(main_io, reload_loop(), net::asio::detached);
+            if (!reloading) net::spawn(main_io, reload_loop(), "reload");
             continue;
         }
         draining = true;
@@ -566,9 +560,9 @@ app::~app() {
 int app::run() {
     auto& d = *impl_;
     d.start_workers();
-    net::asio::co_spawn(d.main_io, d.serve_signals(), net::asio::detached);
+    net::spawn(d.main_io, d.serve_signals(), "signal handling");
     if (auto period = sys::watchdog_period(); period.count() > 0)
-        net::asio::co_spawn(d.main_io, ping_watchdog(period), net::asio::detached);
+        net::spawn(d.main_io, ping_watchdog(period), "watchdog");
     spdlog::info("spliced {} ready", SPLICED_VERSION);
     sys::notify("READY=1\nSTATUS=serving");
     d.main_io.run();  // until serve_signals() has drained and stopped it

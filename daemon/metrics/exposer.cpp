@@ -8,6 +8,7 @@
 
 #include "net/asio.hpp"
 #include "net/listener.hpp"
+#include "net/spawn.hpp"
 
 #include <boost/asio/read_until.hpp>
 #include <chrono>
@@ -88,11 +89,10 @@ exposer::exposer(const net::address& listen, std::function<std::string()> body) 
         throw std::runtime_error(std::string("metrics: ") + e.what());
     }
     auto on_accept = [&d](net::tcp::socket s, bool) {
-        net::asio::co_spawn(d.io, serve_one(std::move(s), d.body), net::asio::detached);
+        net::spawn(d.io, serve_one(std::move(s), d.body), "metrics request");
     };
     std::function<net::admit_gate*()> no_gate = [] { return static_cast<net::admit_gate*>(nullptr); };
-    net::asio::co_spawn(d.io, net::accept_loop(d.acceptor, std::move(no_gate), std::move(on_accept)),
-                        net::asio::detached);
+    net::spawn(d.io, net::accept_loop(d.acceptor, std::move(no_gate), std::move(on_accept)), "metrics accept loop");
     d.thread = std::thread([&d] { d.io.run(); });
 }
 

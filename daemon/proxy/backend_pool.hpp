@@ -103,6 +103,7 @@ public:
     // check before (a reload keeps the schedule), then one interval after the last.
     std::chrono::steady_clock::time_point next_check(std::size_t index, const config::health_check& check);
 
+    const std::string& route() const { return route_; }
     std::size_t size() const { return backends_.size(); }
     const config::backend& backend(std::size_t index) const { return backends_[index]; }
     const backend_state& state(std::size_t index) const { return *states_[index]; }

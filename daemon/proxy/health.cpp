@@ -1,6 +1,7 @@
 // Active health checks: one loop per backend of a route, all on one io_context (not per worker).
 #include "proxy/health.hpp"
 
+#include "net/spawn.hpp"
 #include "net/upstream.hpp"
 #include "proxy/backend_pool.hpp"
 
@@ -98,15 +99,8 @@ health_checks::health_checks(net::asio::io_context& io, const std::shared_ptr<ba
     for (std::size_t i = 0; i < pool->size(); ++i) {
         shared_->timers.push_back(std::make_unique<net::asio::steady_timer>(io));
         auto target = check_target(pool->backend(i).addr, check.port);
-        net::asio::co_spawn(io, check_loop(shared_, i, std::move(target), pool->next_check(i, check)),
-                            [](std::exception_ptr e) {
-                                if (!e) return;
-                                try {
-                                    std::rethrow_exception(e);
-                                } catch (const std::exception& ex) {
-                                    spdlog::error("health check loop failed: {}", ex.what());
-                                }
-                            });
+        net::spawn(io, check_loop(shared_, i, std::move(target), pool->next_check(i, check)),
+                   "route " + pool->route() + ": health check loop of " + pool->backend(i).name);
     }
 }
 

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <climits>
 #include <bpf/bpf.h>
+#include <boost/asio/detached.hpp>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstring>

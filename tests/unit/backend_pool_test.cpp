@@ -4,6 +4,7 @@
 #include "proxy/route_metrics.hpp"
 #include "proxy/backend_pool.hpp"
 
+#include <boost/asio/detached.hpp>
 #include <catch2/catch.hpp>
 #include <thread>
 
