@@ -13,7 +13,7 @@ namespace {
 // The fallbacks metric's reason for a refused insert.
 fallback_reason fallback_reason_of(const insert_outcome& ins) {
     if (ins.map_full) return fallback_reason::map_full;
-    if (ins.error == std::errc::not_connected) return fallback_reason::not_established;
+    if (ins.error.code == std::errc::not_connected) return fallback_reason::not_established;
     return fallback_reason::error;
 }
 
@@ -64,7 +64,7 @@ bool insert(pair_state& p, sockmap_engine& engine, engage_events& m, std::uint64
     if (ins.error) {
         entered_map = ins.entered_map;
         m.stayed_off_sockmap(fallback_reason_of(ins));
-        spdlog::debug("conn {} route {}: sockmap insert failed at {}: {}", id, route, ins.what, ins.error.message());
+        spdlog::debug("conn {} route {}: sockmap insert failed at {}", id, route, ins.error.text());
         return false;
     }
     p.maps = ins.pair;

@@ -7,7 +7,9 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <cerrno>
+#include <array>
 #include <climits>
+#include <tuple>
 #include <cstring>
 #include <vector>
 
@@ -35,11 +37,13 @@ std::error_code sockhash_error(int ret, int fd) {
 
 }  // namespace
 
-std::unique_ptr<sockmap_engine> sockmap_engine::load(std::uint32_t capacity, std::string& error) {
+std::string engine_error::text() const { return std::string(sys::name_of(step)) + ": " + code.message(); }
+
+std::unique_ptr<sockmap_engine> sockmap_engine::load(std::uint32_t capacity, engine_error& error) {
     std::unique_ptr<sockmap_engine> engine(new sockmap_engine());
     engine->skel_ = splice_bpf::open();
     if (!engine->skel_) {
-        error = std::string("opening the BPF object failed: ") + std::strerror(errno);
+        error = {engine_step::open, sys::last_error()};
         return nullptr;
     }
     // Every map declared with SPLICED_MAP_CAPACITY entries holds one entry per socket in the
@@ -48,19 +52,19 @@ std::unique_ptr<sockmap_engine> sockmap_engine::load(std::uint32_t capacity, std
     bpf_object__for_each_map(map, engine->skel_->obj) {
         if (bpf_map__max_entries(map) != SPLICED_MAP_CAPACITY) continue;
         if (int r = bpf_map__set_max_entries(map, 2 * capacity); r != 0) {
-            error = std::string("sizing BPF map ") + bpf_map__name(map) + " failed: " + std::strerror(-r);
+            error = {engine_step::size_maps, bpf_error(r)};
             return nullptr;
         }
     }
     engine->capacity_ = capacity;
     if (int r = splice_bpf::load(engine->skel_); r != 0) {
-        error = std::string("loading the BPF object failed: ") + std::strerror(-r);
+        error = {engine_step::load, bpf_error(r)};
         return nullptr;
     }
     // The skeleton's attach() skips sk_skb programs: attach the verdict to the map by hand.
     int prog_fd = bpf_program__fd(engine->skel_->progs.spliced_verdict);
     if (bpf_prog_attach(prog_fd, engine->sockhash_fd(), BPF_SK_SKB_STREAM_VERDICT, 0) != 0) {
-        error = std::string("attaching the stream verdict to the SOCKHASH failed: ") + std::strerror(errno);
+        error = {engine_step::attach, sys::last_error()};
         return nullptr;
     }
     int n = libbpf_num_possible_cpus();
@@ -80,110 +84,114 @@ int sockmap_engine::sockhash_fd() const { return bpf_map__fd(skel_->maps.sockhas
 int sockmap_engine::peers_fd() const { return bpf_map__fd(skel_->maps.peers); }
 int sockmap_engine::budget_fd() const { return bpf_map__fd(skel_->maps.budget); }
 
-insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
-    insert_outcome out;
-    auto fail = [&](std::error_code ec, const char* what) {
-        out.error = ec;
-        out.what = what;
-        return out;
-    };
-    auto& pair = out.pair;
-    if (auto ec = sys::socket_cookie(client_fd, pair.client_cookie)) return fail(ec, "SO_COOKIE");
-    if (auto ec = sys::socket_cookie(upstream_fd, pair.upstream_cookie)) return fail(ec, "SO_COOKIE");
+namespace {
 
-    // Gate first, then check state: bytes may keep arriving, but no verdict can run on them.
-    for (int fd : {client_fd, upstream_fd})
-        if (auto ec = sys::set_rcvlowat(fd, gate_lowat)) return fail(ec, "SO_RCVLOWAT gate");
-    auto ungate = [&] {
-        sys::set_rcvlowat(client_fd, 1);
-        sys::set_rcvlowat(upstream_fd, 1);
-    };
-    // Only ESTABLISHED sockets can enter the map; a client that already half-closed is in
-    // CLOSE_WAIT and must take another path.
+// Holds back the verdict on both sockets of a pair from hold() until it is destroyed: while SO_RCVLOWAT is
+// gate_lowat, bytes may keep arriving but no verdict runs on them. Lowering the mark to 1 again calls
+// sk_data_ready: the verdict then runs on whatever was queued meanwhile, which would otherwise sit there
+// until the next segment arrived (a client that spoke first and now waits would hang).
+class verdict_gate {
+public:
+    verdict_gate(int a, int b) : fds_{a, b} {}
+    ~verdict_gate() {
+        for (int fd : fds_) sys::set_rcvlowat(fd, 1);
+    }
+    verdict_gate(const verdict_gate&) = delete;
+    verdict_gate& operator=(const verdict_gate&) = delete;
+    std::error_code hold() {
+        for (int fd : fds_)
+            if (auto ec = sys::set_rcvlowat(fd, gate_lowat)) return ec;
+        return {};
+    }
+
+private:
+    std::array<int, 2> fds_;
+};
+
+// Only ESTABLISHED sockets can enter the map; a client that already half-closed is in CLOSE_WAIT and
+// must take another path.
+engine_error check_established(int client_fd, int upstream_fd) {
     for (int fd : {client_fd, upstream_fd}) {
         sys::tcp_stats st;
-        if (auto ec = sys::tcp_stats_of(fd, st)) {
-            ungate();
-            return fail(ec, "TCP_INFO");
-        }
-        if (!st.established()) {
-            ungate();
-            return fail(std::make_error_code(std::errc::not_connected), "socket not ESTABLISHED");
-        }
+        if (auto ec = sys::tcp_stats_of(fd, st)) return {engine_step::tcp_info, ec};
+        if (!st.established()) return {engine_step::not_established, std::make_error_code(std::errc::not_connected)};
     }
+    return {};
+}
 
-    if (auto ec = sys::bytes_queued_total(client_fd, pair.client_queued_base)) {
-        ungate();
-        return fail(ec, "SIOCOUTQ");
-    }
-    if (auto ec = sys::bytes_queued_total(upstream_fd, pair.upstream_queued_base)) {
-        ungate();
-        return fail(ec, "SIOCOUTQ");
-    }
+}  // namespace
 
-    spliced_peer_value to_upstream{pair.upstream_cookie, 0, 0};
-    spliced_peer_value to_client{pair.client_cookie, 0, 0};
-    int peers = peers_fd();
+insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
+    insert_outcome out;
+    auto& pair = out.pair;
+    auto& e = out.error;
+    if (auto ec = sys::socket_cookie(client_fd, pair.client_cookie)) e = {engine_step::cookie, ec};
+    else if (auto ec2 = sys::socket_cookie(upstream_fd, pair.upstream_cookie)) e = {engine_step::cookie, ec2};
+    if (e) return out;
+    // Gate first, then check the state: bytes may keep arriving, but no verdict can run on them.
+    verdict_gate gate(client_fd, upstream_fd);  // lowered on every return below
+    if (auto ec = gate.hold()) e = {engine_step::gate, ec};
+    if (!e) e = check_established(client_fd, upstream_fd);
+    if (!e) {
+        if (auto ec = sys::bytes_queued_total(client_fd, pair.client_queued_base)) e = {engine_step::queued_total, ec};
+        else if (auto ec2 = sys::bytes_queued_total(upstream_fd, pair.upstream_queued_base))
+            e = {engine_step::queued_total, ec2};
+    }
+    if (!e) e = add_peers(pair, out.map_full);
+    if (!e) e = add_sockets(client_fd, upstream_fd, pair, out.entered_map, out.map_full);
+    if (e.step == engine_step::budget_map) remove(pair);  // peer and budget entries, no socket yet
+    return out;
+}
+
+engine_error sockmap_engine::add_peers(sockmap_pair& pair, bool& map_full) {
+    const spliced_peer_value to_upstream{pair.upstream_cookie, 0, 0};
+    const spliced_peer_value to_client{pair.client_cookie, 0, 0};
+    const int peers = peers_fd();
     // A full hash map (or SOCKHASH) refuses a new key with E2BIG. The peer map goes first: the
     // SOCKHASH never holds more entries than it, so at capacity no socket enters the SOCKHASH.
     if (int r = bpf_map_update_elem(peers, &pair.client_cookie, &to_upstream, BPF_NOEXIST); r != 0) {
-        auto ec = bpf_error(r);
-        ungate();
-        out.map_full = ec.value() == E2BIG;
-        return fail(ec, "peer map insert");
+        map_full = bpf_error(r).value() == E2BIG;
+        return {engine_step::peer_map, bpf_error(r)};
     }
     if (int r = bpf_map_update_elem(peers, &pair.upstream_cookie, &to_client, BPF_NOEXIST); r != 0) {
-        auto ec = bpf_error(r);
         bpf_map_delete_elem(peers, &pair.client_cookie);
-        ungate();
-        out.map_full = ec.value() == E2BIG;
-        return fail(ec, "peer map insert");
+        map_full = bpf_error(r).value() == E2BIG;
+        return {engine_step::peer_map, bpf_error(r)};
     }
     // Nothing redirected yet: each direction may run egress_backlog_limit ahead of its peer.
-    for (auto cookie : {pair.client_cookie, pair.upstream_cookie}) {
-        if (auto ec = set_budget(cookie, egress_backlog_limit)) {
-            remove(pair);  // no socket is in the SOCKHASH yet: this only drops map entries
-            ungate();
-            return fail(ec, "budget map insert");
+    for (auto cookie : {pair.client_cookie, pair.upstream_cookie})
+        if (auto ec = set_budget(cookie, egress_backlog_limit)) return {engine_step::budget_map, ec};
+    return {};
+}
+
+engine_error sockmap_engine::add_sockets(int client_fd, int upstream_fd, sockmap_pair& pair, bool& entered_map,
+                                         bool& map_full) {
+    const int hash = sockhash_fd();
+    for (const auto& [fd, cookie, step] :
+         {std::tuple{client_fd, pair.client_cookie, engine_step::sockhash_client},
+          std::tuple{upstream_fd, pair.upstream_cookie, engine_step::sockhash_upstream}}) {
+        const std::uint64_t fd64 = static_cast<std::uint64_t>(fd);
+        if (int r = bpf_map_update_elem(hash, &cookie, &fd64, BPF_NOEXIST); r != 0) {
+            const auto ec = sockhash_error(r, fd);
+            entered_map = pair.entries > 0;
+            map_full = ec.value() == E2BIG;
+            remove(pair);
+            return {step, ec};
         }
+        ++pair.entries;
+        entries_.fetch_add(1, std::memory_order_relaxed);
     }
-    int hash = sockhash_fd();
-    std::uint64_t fd64 = static_cast<std::uint64_t>(client_fd);
-    if (int r = bpf_map_update_elem(hash, &pair.client_cookie, &fd64, BPF_NOEXIST); r != 0) {
-        auto ec = sockhash_error(r, client_fd);
-        remove(pair);  // the client's insert failed: only peer and budget entries to drop
-        ungate();
-        out.map_full = ec.value() == E2BIG;
-        return fail(ec, "SOCKHASH insert (client)");
-    }
-    ++pair.entries;
-    entries_.fetch_add(1, std::memory_order_relaxed);
-    fd64 = static_cast<std::uint64_t>(upstream_fd);
-    if (int r = bpf_map_update_elem(hash, &pair.upstream_cookie, &fd64, BPF_NOEXIST); r != 0) {
-        auto ec = sockhash_error(r, upstream_fd);
-        remove(pair);
-        ungate();
-        out.entered_map = true;
-        out.map_full = ec.value() == E2BIG;
-        return fail(ec, "SOCKHASH insert (upstream)");
-    }
-    ++pair.entries;
-    entries_.fetch_add(1, std::memory_order_relaxed);
     // Only now, with both sockets in: a send buffer set by hand stays fixed for the socket's life
     // (no autotuning after SO_SNDBUF), so a pair refused above keeps the size splice and copy want.
     // Still gated: no redirect has run, so none was sent with the smaller buffer.
     for (int fd : {client_fd, upstream_fd}) {
         if (auto ec = sys::set_send_buffer(fd, egress_send_buffer)) {
-            remove(out.pair);
-            ungate();
-            out.entered_map = true;
-            return fail(ec, "SO_SNDBUF");
+            entered_map = true;
+            remove(pair);
+            return {engine_step::send_buffer, ec};
         }
     }
-    // Lowering the mark calls sk_data_ready: the verdict now runs on whatever was queued before
-    // insertion, which would otherwise sit there until the next segment arrived.
-    ungate();
-    return out;
+    return {};
 }
 
 void sockmap_engine::remove(sockmap_pair& pair) {

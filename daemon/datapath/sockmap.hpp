@@ -2,6 +2,7 @@
 #pragma once
 
 #include "splice_abi.h"
+#include "sys/enum_names.hpp"
 
 #include <atomic>
 #include <cstdint>
@@ -26,11 +27,23 @@ struct sockmap_pair {
     unsigned entries = 0;
 };
 
+// The step of the engine's work that failed (load, or inserting a pair), with its errno.
+enum class engine_step {
+    open, size_maps, load, attach,                        // load()
+    cookie, gate, tcp_info, not_established, queued_total, // insert(): before any map entry
+    peer_map, budget_map, sockhash_client, sockhash_upstream, send_buffer,
+};
+struct engine_error {
+    engine_step step = engine_step::open;
+    std::error_code code;  // empty: no error
+    explicit operator bool() const { return static_cast<bool>(code); }
+    std::string text() const;  // "attaching the stream verdict to the SOCKHASH: Operation not permitted"
+};
+
 struct insert_outcome {
-    std::error_code error;       // empty on success
+    engine_error error;          // empty on success
     bool entered_map = false;    // a socket entered the map: it must not be spliced afterwards
     bool map_full = false;       // refused because the maps are at capacity (E2BIG)
-    std::string what;            // which step failed, for the log
     sockmap_pair pair;
 };
 
@@ -58,8 +71,8 @@ inline constexpr std::uint32_t default_capacity = SPLICED_MAP_CAPACITY / 2;
 class sockmap_engine {
 public:
     // Opens the skeleton, sizes the per-socket maps for `capacity` connections, loads it and
-    // attaches the verdict program to the SOCKHASH.
-    static std::unique_ptr<sockmap_engine> load(std::uint32_t capacity, std::string& error);
+    // attaches the verdict program to the SOCKHASH; null with `error` set when a step fails.
+    static std::unique_ptr<sockmap_engine> load(std::uint32_t capacity, engine_error& error);
     ~sockmap_engine();
     sockmap_engine(const sockmap_engine&) = delete;
     sockmap_engine& operator=(const sockmap_engine&) = delete;
@@ -89,6 +102,9 @@ public:
 
 private:
     sockmap_engine() = default;
+    // insert()'s steps once both sockets are held back from the verdict.
+    engine_error add_peers(sockmap_pair& pair, bool& map_full);
+    engine_error add_sockets(int client_fd, int upstream_fd, sockmap_pair& pair, bool& entered_map, bool& map_full);
     splice_bpf* skel_ = nullptr;
     int ncpus_ = 1;
     std::uint32_t capacity_ = default_capacity;
@@ -96,3 +112,24 @@ private:
 };
 
 }  // namespace spliced::datapath
+
+namespace spliced::sys {
+template <>
+struct enum_names<datapath::engine_step> {
+    using step = datapath::engine_step;
+    static constexpr std::array table{std::pair{step::open, "opening the BPF object"},
+                                      std::pair{step::size_maps, "sizing the BPF maps"},
+                                      std::pair{step::load, "loading the BPF object"},
+                                      std::pair{step::attach, "attaching the stream verdict to the SOCKHASH"},
+                                      std::pair{step::cookie, "SO_COOKIE"},
+                                      std::pair{step::gate, "SO_RCVLOWAT gate"},
+                                      std::pair{step::tcp_info, "TCP_INFO"},
+                                      std::pair{step::not_established, "socket not ESTABLISHED"},
+                                      std::pair{step::queued_total, "SIOCOUTQ"},
+                                      std::pair{step::peer_map, "peer map insert"},
+                                      std::pair{step::budget_map, "budget map insert"},
+                                      std::pair{step::sockhash_client, "SOCKHASH insert (client)"},
+                                      std::pair{step::sockhash_upstream, "SOCKHASH insert (upstream)"},
+                                      std::pair{step::send_buffer, "SO_SNDBUF"}};
+};
+}  // namespace spliced::sys

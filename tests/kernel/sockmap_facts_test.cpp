@@ -25,9 +25,9 @@ using clock_type = std::chrono::steady_clock;
 namespace {
 
 datapath::sockmap_engine& engine() {
-    static std::string error;
+    static datapath::engine_error error;
     static auto e = datapath::sockmap_engine::load(datapath::default_capacity, error);
-    if (!e) FAIL("sockmap engine did not load: " << error);
+    if (!e) FAIL("sockmap engine did not load: " << error.text());
     return *e;
 }
 
@@ -269,7 +269,7 @@ TEST_CASE("a half-closed client (CLOSE_WAIT) cannot enter the map and never did,
 }
 
 TEST_CASE("at capacity the peer map refuses the next pair with E2BIG before any socket entered the SOCKHASH; removing a pair makes room") {
-    std::string error;
+    datapath::engine_error error;
     auto small = datapath::sockmap_engine::load(1, error);  // one pair: two entries per map
     REQUIRE(small);
     CHECK(small->capacity() == 1);
@@ -277,7 +277,7 @@ TEST_CASE("at capacity the peer map refuses the next pair with E2BIG before any 
     auto in = small->insert(first.client.inner.get(), first.upstream.outer.get());
     REQUIRE_FALSE(in.error);
     auto refused = small->insert(second.client.inner.get(), second.upstream.outer.get());
-    CHECK(refused.error.value() == E2BIG);
+    CHECK(refused.error.code.value() == E2BIG);
     CHECK(refused.map_full);
     CHECK_FALSE(refused.entered_map);  // so the pair may be spliced
     std::uint64_t value = 0;
