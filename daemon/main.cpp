@@ -1,5 +1,5 @@
 // Command line: run, --check-config, --features, --version.
-#include "app.hpp"
+#include "app/app.hpp"
 #include "config/loader.hpp"
 #include "datapath/probe.hpp"
 #include "datapath/splice_pump.hpp"
@@ -87,8 +87,8 @@ int main(int argc, char** argv) {
     try {
         spliced::log::init(cfg.log);
         spdlog::info("spliced {} starting: config {}", SPLICED_VERSION, config_path);
-        spliced::app app(std::move(cfg));
-        return app.run();
+        spliced::app::daemon daemon(std::move(cfg));
+        return daemon.run();
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         std::fprintf(stderr, "spliced: %s\n", e.what());

@@ -2,6 +2,8 @@
 #include "sys/socket.hpp"
 
 #include <cerrno>
+#include <cstdlib>
+#include <dirent.h>
 #include <linux/sockios.h>
 #include <linux/tcp.h>
 #include <netinet/in.h>
@@ -99,6 +101,28 @@ std::error_code bytes_queued_total(int fd, std::uint64_t& out) {
     if (auto ec = send_queue_bytes(fd, outq)) return ec;
     out = info.bytes_acked + static_cast<std::uint64_t>(outq);
     return {};
+}
+
+int reset_open_tcp_sockets() {
+    DIR* dir = ::opendir("/proc/self/fd");
+    if (!dir) return 0;
+    int reset = 0;
+    while (const dirent* e = ::readdir(dir)) {
+        char* end = nullptr;
+        const long fd = std::strtol(e->d_name, &end, 10);
+        if (end == e->d_name || *end != '\0' || fd == ::dirfd(dir)) continue;
+        int domain = 0, type = 0, listening = 0;
+        socklen_t len = sizeof(int);
+        if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_DOMAIN, &domain, &len) != 0) continue;
+        if (domain != AF_INET && domain != AF_INET6) continue;
+        len = sizeof(int);
+        if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_TYPE, &type, &len) != 0 || type != SOCK_STREAM) continue;
+        len = sizeof(int);
+        if (::getsockopt(static_cast<int>(fd), SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || listening) continue;
+        if (!set_linger_reset(static_cast<int>(fd))) ++reset;
+    }
+    ::closedir(dir);
+    return reset;
 }
 
 }  // namespace spliced::sys

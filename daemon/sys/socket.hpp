@@ -29,6 +29,9 @@ std::error_code set_send_buffer(int fd, int bytes);
 std::error_code send_buffer(int fd, int& out);
 // SO_LINGER {1, 0}: the next close() sends RST instead of FIN.
 std::error_code set_linger_reset(int fd);
+// set_linger_reset() on every TCP socket the process has open, listeners aside; returns how many: at exit,
+// a peer whose transfer was cut must not take the FIN a plain close sends for the clean end of a stream.
+int reset_open_tcp_sockets();
 // Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
 std::error_code send_queue_bytes(int fd, int& out);
 // Bytes waiting in the receive queue (SIOCINQ). Never on a socket that is in the SOCKHASH.
