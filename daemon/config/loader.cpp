@@ -1,14 +1,13 @@
-// Reads a spliced YAML config file into config structs, refusing anything unknown or invalid with its position.
+// Reads a spliced YAML config file into config structs, refusing anything unknown or invalid with its position:
+// the file's checks, the YAML's, and the schema of spliced's keys (walked with config::walker).
 #include "config/loader.hpp"
 
-#include "config/yaml_tree.hpp"
-
 #include "config/sni.hpp"
+#include "config/walker.hpp"
+#include "config/yaml_tree.hpp"
 #include "sys/fd.hpp"
 
 #include <algorithm>
-#include <arpa/inet.h>
-#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <fcntl.h>
@@ -16,7 +15,6 @@
 #include <new>
 #include <optional>
 #include <set>
-#include <sstream>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <variant>
@@ -24,141 +22,7 @@
 
 namespace spliced::config {
 
-bool cidr::contains(const address& addr) const {
-    // An IPv4 network takes an IPv4-mapped IPv6 address as the IPv4 one.
-    const address a = family == AF_INET ? addr.unmapped() : addr;
-    if (a.family() != family) return false;
-    const std::uint8_t* bytes = a.ip().data();
-    unsigned whole = bits / 8, rest = bits % 8;
-    if (std::memcmp(bytes, prefix.data(), whole) != 0) return false;
-    if (rest == 0) return true;
-    const std::uint8_t mask = static_cast<std::uint8_t>(0xff << (8 - rest));
-    return (bytes[whole] & mask) == (prefix[whole] & mask);
-}
-
-std::variant<cidr, std::string> parse_cidr(std::string_view text) {
-    cidr c;
-    c.text = std::string(text);
-    std::string host(text.substr(0, text.find('/')));
-    const bool v6 = host.find(':') != std::string::npos;
-    c.family = v6 ? AF_INET6 : AF_INET;
-    if (::inet_pton(c.family, host.c_str(), c.prefix.data()) != 1)
-        return "'" + host + "' is not an IP" + (v6 ? "v6" : "v4") + " address";
-    const unsigned most = v6 ? 128 : 32;
-    c.bits = most;
-    if (auto slash = text.find('/'); slash != std::string_view::npos) {
-        auto b = text.substr(slash + 1);
-        if (b.empty() || b.size() > 3 || b.find_first_not_of("0123456789") != std::string_view::npos)
-            return "prefix length '" + std::string(b) + "' is not a number";
-        c.bits = static_cast<unsigned>(std::stoul(std::string(b)));
-        if (c.bits > most) return "prefix length " + std::to_string(c.bits) + " is over " + std::to_string(most);
-    }
-    // Host bits set below the prefix are a typo more often than not: refuse them.
-    for (unsigned bit = c.bits; bit < most; ++bit)
-        if (c.prefix[bit / 8] & (0x80 >> (bit % 8))) return "address has bits set past the /" + std::to_string(c.bits) + " prefix";
-    return c;
-}
-
-config_error::config_error(std::string file, int line, int column, const std::string& message)
-    : std::runtime_error(file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + message),
-      file_(std::move(file)),
-      line_(line),
-      column_(column),
-      message_(message) {}
-
-std::optional<std::chrono::milliseconds> parse_duration(std::string_view text) {
-    constexpr std::uint64_t limit_ms = 1000ull * 86'400'000;  // 1000 days: far beyond any sane timeout
-    if (text.empty()) return std::nullopt;
-    std::uint64_t total = 0;
-    std::size_t i = 0;
-    while (i < text.size()) {
-        std::size_t start = i;
-        std::uint64_t value = 0;
-        while (i < text.size() && text[i] >= '0' && text[i] <= '9') {
-            value = value * 10 + static_cast<std::uint64_t>(text[i] - '0');
-            if (value > limit_ms) return std::nullopt;
-            ++i;
-        }
-        if (i == start) return std::nullopt;
-        std::size_t unit_start = i;
-        while (i < text.size() && text[i] >= 'a' && text[i] <= 'z') ++i;
-        auto unit = text.substr(unit_start, i - unit_start);
-        std::uint64_t scale;
-        if (unit == "ms") scale = 1;
-        else if (unit == "s") scale = 1000;
-        else if (unit == "m") scale = 60'000;
-        else if (unit == "h") scale = 3'600'000;
-        else if (unit == "d") scale = 86'400'000;
-        else return std::nullopt;
-        total += value * scale;  // value <= limit_ms and scale <= 1 day: no overflow
-        if (total > limit_ms) return std::nullopt;
-    }
-    return std::chrono::milliseconds(total);
-}
-
 namespace {
-
-// Parses an address or says what is wrong with it.
-std::variant<address, std::string> parse_address_or_reason(std::string_view text) {
-    std::string host;
-    std::string_view port_text;
-    bool v6 = !text.empty() && text.front() == '[';
-    if (v6) {
-        auto close = text.find(']');
-        if (close == std::string_view::npos) return "missing ']' after the IPv6 address";
-        if (close + 1 >= text.size() || text[close + 1] != ':') return "missing ':port' after ']'";
-        host = std::string(text.substr(1, close - 1));
-        port_text = text.substr(close + 2);
-    } else {
-        auto colon = text.rfind(':');
-        if (colon == std::string_view::npos) return "missing ':port'";
-        host = std::string(text.substr(0, colon));
-        port_text = text.substr(colon + 1);
-    }
-    if (port_text.empty()) return "missing port after ':'";
-    if (port_text.find_first_not_of("0123456789") != std::string_view::npos) return "port is not a number";
-    if (port_text.size() > 5) return "port is out of range 1-65535";
-    unsigned port = 0;
-    for (char c : port_text) port = port * 10 + static_cast<unsigned>(c - '0');
-    if (port == 0 || port > 65535) return "port " + std::to_string(port) + " is out of range 1-65535";
-
-    if (v6) {
-        std::array<std::uint8_t, 16> ip{};
-        if (::inet_pton(AF_INET6, host.c_str(), ip.data()) != 1) return "'" + host + "' is not an IPv6 address";
-        return address::v6(ip, static_cast<std::uint16_t>(port));
-    }
-    std::array<std::uint8_t, 4> ip{};
-    if (::inet_pton(AF_INET, host.c_str(), ip.data()) != 1) {
-        if (host.find(':') != std::string::npos) return "IPv6 addresses need brackets, e.g. [::1]:80";
-        bool named = host.find_first_not_of("0123456789.") != std::string::npos;
-        return "'" + host + "' is not an IP address" + (named ? " (hostnames are not resolved)" : "");
-    }
-    return address::v4(ip, static_cast<std::uint16_t>(port));
-}
-
-}  // namespace
-
-std::optional<address> parse_address(std::string_view text) {
-    auto parsed = parse_address_or_reason(text);
-    if (auto* a = std::get_if<address>(&parsed)) return std::move(*a);
-    return std::nullopt;
-}
-
-namespace {
-
-// One key of a mapping: the key node (the position to blame when the value is empty) and its value.
-struct field {
-    std::string what;  // how messages name it: "drain_timeout", "timeouts.connect"
-    yaml::node key;
-    yaml::node value;
-};
-
-const char* kind_of(const yaml::node& n) {
-    if (n.IsSequence()) return "a list";
-    if (n.IsMap()) return "a mapping";
-    if (n.IsNull()) return "nothing";
-    return "a single value";
-}
 
 // Opens `path` for appending as the access log will (creating the file, never its directory); nullopt
 // when it can, else why not.
@@ -172,17 +36,12 @@ std::optional<std::string> appendable(const std::string& path) {
     return std::nullopt;
 }
 
-// Walks the YAML tree; every error carries the position of the node it is about.
-class reader {
+// spliced's keys; every error carries the position of the node it is about.
+class reader : public walker {
 public:
     // `open_files`: check that the files the config names can be opened (log.access_log).
     reader(std::string source, const resolver& resolve, bool open_files)
-        : source_(std::move(source)), resolve_(resolve), open_files_(open_files) {}
-
-    [[noreturn]] void fail(const yaml::node& at, const std::string& message) const {
-        auto m = at.Mark();
-        throw config_error(source_, m.line + 1, m.column + 1, message);
-    }
+        : walker(std::move(source)), resolve_(resolve), open_files_(open_files) {}
 
     config read(const yaml::node& root) {
         if (!root.IsMap()) fail(root, std::string("the config must be a mapping of keys, not ") + kind_of(root));
@@ -225,114 +84,6 @@ public:
     }
 
 private:
-    // A mapping whose keys have been checked against the known and the not-yet-supported ones.
-    class mapping {
-    public:
-        mapping(const reader& r, const yaml::node& map, std::string where, std::initializer_list<const char*> known,
-                std::initializer_list<const char*> not_yet = {})
-            : reader_(r), node_(map), where_(std::move(where)) {
-            if (!map.IsMap()) r.fail(map, where_ + " must be a mapping, not " + kind_of(map));
-            for (auto it = map.begin(); it != map.end(); ++it) {
-                // By value: yaml-cpp's operator-> returns a temporary pair, so a reference to its
-                // member dangles once this statement ends (AddressSanitizer: stack-use-after-scope).
-                const yaml::node key = it->first;
-                if (!key.IsScalar()) r.fail(key, "keys in " + where_ + " must be plain names, not " + kind_of(key));
-                const std::string& name = key.Scalar();
-                if (fields_.count(name)) r.fail(key, "duplicate key '" + name + "' in " + where_);
-                if (!contains(known, name)) {
-                    if (contains(not_yet, name)) r.fail(key, "'" + name + "' is not supported yet");
-                    std::string list;
-                    for (auto k : known) list += std::string(list.empty() ? "" : ", ") + k;
-                    r.fail(key, "unknown key '" + name + "' in " + where_ + " (expected one of: " + list + ")");
-                }
-                std::string what = where_ == "the config" || where_ == "route" || where_ == "backend"
-                                       ? name
-                                       : where_ + "." + name;
-                fields_.emplace(name, field{std::move(what), key, it->second});
-            }
-        }
-
-        std::optional<field> get(const std::string& name) const {
-            auto it = fields_.find(name);
-            if (it == fields_.end()) return std::nullopt;
-            return it->second;
-        }
-
-        field require(const std::string& name) const {
-            auto it = fields_.find(name);
-            if (it == fields_.end()) reader_.fail(node_, where_ + " needs '" + name + "'");
-            return it->second;
-        }
-
-        // Names the mapping in later messages, e.g. "route 'web'" once its name is known.
-        void rename(std::string where) { where_ = std::move(where); }
-
-    private:
-        static bool contains(std::initializer_list<const char*> names, const std::string& name) {
-            for (auto n : names)
-                if (name == n) return true;
-            return false;
-        }
-
-        const reader& reader_;
-        yaml::node node_;
-        std::string where_;
-        std::map<std::string, field> fields_;
-    };
-
-    // The value of a key; an empty value (`key:`) is blamed on the key, as yaml-cpp places it at the next token.
-    const yaml::node& value(const field& f) const {
-        if (f.value.IsNull()) fail(f.key, f.what + " needs a value");
-        return f.value;
-    }
-
-    const yaml::node& map_value(const field& f) const {
-        const yaml::node& v = value(f);
-        if (!v.IsMap()) fail(v, f.what + " must be a mapping, not " + kind_of(v));
-        return v;
-    }
-
-    // Entry i of a list; an empty entry (`-` alone) is blamed on the list.
-    yaml::node item(const yaml::node& list, std::size_t i, const std::string& what) const {
-        yaml::node n = list[i];
-        if (n.IsNull()) fail(list, what + " entry " + std::to_string(i + 1) + " is empty");
-        return n;
-    }
-
-    std::string scalar(const yaml::node& n, const std::string& what) const {
-        if (!n.IsScalar()) fail(n, what + " must be a single value, not " + kind_of(n));
-        return n.Scalar();
-    }
-
-    std::string scalar(const field& f) const { return scalar(value(f), f.what); }
-
-    std::chrono::milliseconds duration(const field& f, bool allow_zero) const {
-        auto text = scalar(f);
-        const yaml::node& n = f.value;
-        bool digits_only = !text.empty() && text.find_first_not_of("0123456789") == std::string::npos;
-        if (digits_only) fail(n, f.what + ": duration needs a unit, e.g. 2s (got '" + text + "')");
-        auto d = parse_duration(text);
-        if (!d) fail(n, f.what + ": bad duration '" + text + "' (use ms, s, m, h, d, e.g. 500ms, 2s, 1m30s; at most 1000d)");
-        if (!allow_zero && d->count() == 0) fail(n, f.what + " must be greater than zero");
-        return *d;
-    }
-
-    address addr(const yaml::node& n, const std::string& what) const {
-        auto text = scalar(n, what);
-        auto parsed = parse_address_or_reason(text);
-        if (auto* reason = std::get_if<std::string>(&parsed))
-            fail(n, what + ": bad address '" + text + "': " + *reason + "; expected IP:port or [IPv6]:port");
-        return std::get<address>(std::move(parsed));
-    }
-
-    // A value of enum E, by its name; the message lists every name.
-    template <typename E>
-    E named(const field& f, const std::string& what) const {
-        auto v = scalar(f);
-        if (auto e = sys::value_of<E>(v)) return *e;
-        fail(f.value, "unknown " + what + " '" + v + "' (expected " + sys::all_names<E>() + ")");
-    }
-
     unsigned workers(const field& f) const {
         auto v = scalar(f);
         if (v.empty() || v.size() > 4 || v.find_first_not_of("0123456789") != std::string::npos || std::stoul(v) > 1024)
@@ -350,16 +101,6 @@ private:
             fail(f.value, f.what + " must be a whole number of connections from 1 to " + std::to_string(most) +
                               " (got '" + v + "')");
         return static_cast<std::uint32_t>(std::stoul(v));
-    }
-
-    // A whole number from `least` to `most`.
-    std::uint32_t count(const field& f, std::uint32_t least, std::uint32_t most, const std::string& unit) const {
-        auto v = scalar(f);
-        if (v.empty() || v.size() > 10 || v.find_first_not_of("0123456789") != std::string::npos ||
-            std::stoull(v) < least || std::stoull(v) > most)
-            fail(f.value, f.what + " must be a whole number" + (unit.empty() ? "" : " of " + unit) + " from " +
-                              std::to_string(least) + " to " + std::to_string(most) + " (got '" + v + "')");
-        return static_cast<std::uint32_t>(std::stoull(v));
     }
 
     spliced::config::health_check health(const field& f) const {
@@ -474,36 +215,15 @@ private:
         }
     }
 
-    bool boolean(const field& f) const {
-        auto v = scalar(f);
-        if (v == "true") return true;
-        if (v == "false") return false;
-        fail(f.value, f.what + " must be true or false (got '" + v + "')");
-    }
-
     route read_route(const yaml::node& n, datapath_kind default_path) {
         mapping m(*this, n, "route",
                   {"name", "listen", "match", "datapath", "balance", "timeouts", "accept_proxy_protocol",
                    "trusted_proxies", "send_proxy_protocol", "backends", "max_connections", "health_check",
                    "passive"});
         route r;
-        auto name = m.require("name");
-        r.name = scalar(name);
-        if (r.name.empty() || r.name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-                                                       "0123456789_.-") != std::string::npos)
-            fail(name.value, "route name '" + r.name + "' must be non-empty and use only A-Z a-z 0-9 _ . -");
-        if (!names_.insert(r.name).second) fail(name.value, "duplicate route name '" + r.name + "'");
+        r.name = route_name(m.require("name"));
         m.rename("route '" + r.name + "'");
-
-        auto listen = m.require("listen");
-        const yaml::node& l = value(listen);
-        if (l.IsSequence()) {
-            if (l.size() == 0) fail(l, "route '" + r.name + "': listen is an empty list");
-            for (std::size_t i = 0; i < l.size(); ++i) r.listen.push_back(listen_address(item(l, i, "listen"), r.name));
-        } else {
-            r.listen.push_back(listen_address(l, r.name));
-        }
-
+        r.listen = listen_addresses(m.require("listen"), r.name);
         r.datapath = default_path;
         if (auto f = m.get("datapath")) {
             r.datapath = named<datapath_kind>(*f, "datapath");
@@ -512,91 +232,128 @@ private:
         if (auto f = m.get("balance")) r.balance = named<balance_kind>(*f, "balance");
         if (auto f = m.get("max_connections")) r.max_connections = count(*f, 1, 10'000'000, "connections");
         if (auto f = m.get("health_check")) r.health_check = health(*f);
-        if (auto f = m.get("passive")) {
-            mapping p(*this, map_value(*f), "passive", {"failures", "eject"});
-            passive_health ph;
-            if (auto pf = p.get("failures")) ph.failures = count(*pf, 1, 1000, "");
-            if (auto pf = p.get("eject")) ph.eject = duration(*pf, false);
-            r.passive = ph;
-        }
-        if (auto f = m.get("timeouts")) {
-            mapping t(*this, map_value(*f), "timeouts", {"connect", "idle", "handshake", "queue"});
-            if (auto tf = t.get("connect")) r.timeouts.connect = duration(*tf, false);
-            if (auto tf = t.get("idle")) r.timeouts.idle = duration(*tf, false);
-            if (auto tf = t.get("handshake")) r.timeouts.handshake = duration(*tf, false);
-            if (auto tf = t.get("queue")) r.timeouts.queue = duration(*tf, true);
-        }
-        if (auto f = m.get("match")) {
-            mapping mt(*this, map_value(*f), "match", {"sni"});
-            auto sni = mt.require("sni");
-            const yaml::node& list = value(sni);
-            std::vector<yaml::node> names;
-            if (list.IsSequence()) {
-                if (list.size() == 0) fail(list, "match.sni is an empty list");
-                for (std::size_t i = 0; i < list.size(); ++i) names.push_back(item(list, i, "match.sni"));
-            } else {
-                names.push_back(list);
-            }
-            for (const auto& node : names) {
-                auto text = scalar(node, "match.sni");
-                if (auto why = validate_sni_pattern(text)) fail(node, "match.sni: '" + text + "': " + *why);
-                const std::string pattern = normalize_sni(text);
-                if (std::find(r.sni.begin(), r.sni.end(), pattern) != r.sni.end())
-                    fail(node, "match.sni: '" + text + "' is listed twice");
-                r.sni.push_back(pattern);
-                sni_nodes_[r.name].push_back(node);
-            }
-        }
+        if (auto f = m.get("passive")) r.passive = passive(*f);
+        if (auto f = m.get("timeouts")) r.timeouts = timeouts(*f);
+        if (auto f = m.get("match")) r.sni = sni_patterns(*f, r.name);
         if (auto f = m.get("accept_proxy_protocol")) r.accept_proxy_protocol = boolean(*f);
-        if (auto f = m.get("trusted_proxies")) {
-            if (!r.accept_proxy_protocol) fail(f->key, "trusted_proxies needs accept_proxy_protocol: true");
-            const yaml::node& list = value(*f);
-            if (!list.IsSequence()) fail(list, std::string("trusted_proxies must be a list, not ") + kind_of(list));
-            if (list.size() == 0) fail(list, "trusted_proxies is an empty list (leave it out to trust every source)");
-            for (std::size_t i = 0; i < list.size(); ++i) {
-                auto node = item(list, i, "trusted_proxies");
-                auto text = scalar(node, "trusted_proxies");
-                auto parsed = parse_cidr(text);
-                if (auto* why = std::get_if<std::string>(&parsed))
-                    fail(node, "trusted_proxies: bad network '" + text + "': " + *why + "; expected e.g. 10.0.0.0/8");
-                r.trusted_proxies.push_back(std::get<cidr>(std::move(parsed)));
-            }
-        }
+        if (auto f = m.get("trusted_proxies")) r.trusted_proxies = trusted_proxies(*f, r.accept_proxy_protocol);
         if (auto f = m.get("send_proxy_protocol"))
             r.send_proxy_protocol = named<proxy_protocol_version>(*f, "send_proxy_protocol");
+        r.backends = backends(m.require("backends"), r.name);
+        return r;
+    }
 
-        auto backends = m.require("backends");
-        const yaml::node& list = value(backends);
+    std::string route_name(const field& f) {
+        std::string name = scalar(f);
+        if (name.empty() || name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                                   "0123456789_.-") != std::string::npos)
+            fail(f.value, "route name '" + name + "' must be non-empty and use only A-Z a-z 0-9 _ . -");
+        if (!names_.insert(name).second) fail(f.value, "duplicate route name '" + name + "'");
+        return name;
+    }
+
+    std::vector<address> listen_addresses(const field& f, const std::string& route) {
+        const yaml::node& l = value(f);
+        if (!l.IsSequence()) return {listen_address(l, route)};
+        if (l.size() == 0) fail(l, "route '" + route + "': listen is an empty list");
+        std::vector<address> out;
+        for (std::size_t i = 0; i < l.size(); ++i) out.push_back(listen_address(item(l, i, "listen"), route));
+        return out;
+    }
+
+    passive_health passive(const field& f) const {
+        mapping p(*this, map_value(f), "passive", {"failures", "eject"});
+        passive_health ph;
+        if (auto pf = p.get("failures")) ph.failures = count(*pf, 1, 1000, "");
+        if (auto pf = p.get("eject")) ph.eject = duration(*pf, false);
+        return ph;
+    }
+
+    route_timeouts timeouts(const field& f) const {
+        mapping t(*this, map_value(f), "timeouts", {"connect", "idle", "handshake", "queue"});
+        route_timeouts out;
+        if (auto tf = t.get("connect")) out.connect = duration(*tf, false);
+        if (auto tf = t.get("idle")) out.idle = duration(*tf, false);
+        if (auto tf = t.get("handshake")) out.handshake = duration(*tf, false);
+        if (auto tf = t.get("queue")) out.queue = duration(*tf, true);
+        return out;
+    }
+
+    // match.sni: one pattern or a list, each normalised; remembered for the checks of shared addresses.
+    std::vector<std::string> sni_patterns(const field& f, const std::string& route) {
+        mapping mt(*this, map_value(f), "match", {"sni"});
+        const yaml::node& list = value(mt.require("sni"));
+        std::vector<yaml::node> nodes;
+        if (list.IsSequence()) {
+            if (list.size() == 0) fail(list, "match.sni is an empty list");
+            for (std::size_t i = 0; i < list.size(); ++i) nodes.push_back(item(list, i, "match.sni"));
+        } else {
+            nodes.push_back(list);
+        }
+        std::vector<std::string> out;
+        for (const auto& node : nodes) {
+            auto text = scalar(node, "match.sni");
+            if (auto why = validate_sni_pattern(text)) fail(node, "match.sni: '" + text + "': " + *why);
+            const std::string pattern = normalize_sni(text);
+            if (std::find(out.begin(), out.end(), pattern) != out.end())
+                fail(node, "match.sni: '" + text + "' is listed twice");
+            out.push_back(pattern);
+            sni_nodes_[route].push_back(node);
+        }
+        return out;
+    }
+
+    std::vector<cidr> trusted_proxies(const field& f, bool accepts_proxy_protocol) const {
+        if (!accepts_proxy_protocol) fail(f.key, "trusted_proxies needs accept_proxy_protocol: true");
+        const yaml::node& list = value(f);
+        if (!list.IsSequence()) fail(list, std::string("trusted_proxies must be a list, not ") + kind_of(list));
+        if (list.size() == 0) fail(list, "trusted_proxies is an empty list (leave it out to trust every source)");
+        std::vector<cidr> out;
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            auto node = item(list, i, "trusted_proxies");
+            auto text = scalar(node, "trusted_proxies");
+            auto parsed = parse_cidr(text);
+            if (auto* why = std::get_if<std::string>(&parsed))
+                fail(node, "trusted_proxies: bad network '" + text + "': " + *why + "; expected e.g. 10.0.0.0/8");
+            out.push_back(std::get<cidr>(std::move(parsed)));
+        }
+        return out;
+    }
+
+    // The backends list: each entry an address (a hostname gives one backend per address it has), no address
+    // twice.
+    std::vector<backend> backends(const field& f, const std::string& route) const {
+        const yaml::node& list = value(f);
         if (!list.IsSequence()) fail(list, std::string("backends must be a list, not ") + kind_of(list));
-        if (list.size() == 0) fail(list, "route '" + r.name + "' has an empty backend list");
+        if (list.size() == 0) fail(list, "route '" + route + "' has an empty backend list");
+        std::vector<backend> out;
         std::map<std::string, yaml::node> seen;  // backend address -> its entry
         for (std::size_t i = 0; i < list.size(); ++i) {
             mapping b(*this, item(list, i, "backends"), "backend", {"address", "weight", "max_connections"});
             auto where = b.require("address");
             backend proto;
-            if (auto f = b.get("weight")) proto.weight = count(*f, 0, 256, "");
-            if (auto f = b.get("max_connections")) proto.max_connections = count(*f, 1, 10'000'000, "connections");
+            if (auto bf = b.get("weight")) proto.weight = count(*bf, 0, 256, "");
+            if (auto bf = b.get("max_connections")) proto.max_connections = count(*bf, 1, 10'000'000, "connections");
             for (auto& a : backend_addresses(value(where))) {
                 const std::string name = a.text();
                 if (auto [it, fresh] = seen.emplace(name, value(where)); !fresh) {
                     auto m = it->second.Mark();
-                    fail(value(where), "route '" + r.name + "': backend " + name + " is listed twice (also at line " +
+                    fail(value(where), "route '" + route + "': backend " + name + " is listed twice (also at line " +
                                            std::to_string(m.line + 1) + ")");
                 }
                 backend bk = proto;
                 bk.name = name;
                 bk.addr = a;
-                r.backends.push_back(std::move(bk));
+                out.push_back(std::move(bk));
             }
         }
-        return r;
+        return out;
     }
 
     struct listen_user {
         std::string route;
         yaml::node node;  // the listen entry, for messages
     };
-    std::string source_;
     const resolver& resolve_;
     bool open_files_;
     std::set<std::string> names_;                  // route names seen so far
@@ -604,10 +361,6 @@ private:
     std::map<std::string, std::vector<listen_user>> shared_;     // route listen address -> routes on it
     std::map<std::string, std::vector<yaml::node>> sni_nodes_;  // route -> its match.sni entries
 };
-
-}  // namespace
-
-namespace {
 
 // Line and column (1-based) of byte `at` of `text`.
 std::pair<int, int> position_of(std::string_view text, std::size_t at) {
