@@ -138,7 +138,7 @@ daemon::daemon(config::config cfg) : s_(std::make_unique<state>(std::move(cfg)))
     add_bpf_series(s.metrics, s.paths->engine());
     s.table = proxy::route_table::build(s.cfg, s.planner(true), s.metrics, s.carried);
     s.table.activate(s.main_io);
-    s.metrics.config_loaded(false, true);
+    s.metrics.config_loaded();
     // First of all that binds: another spliced on one of these addresses refuses this start here.
     s.claims = s.claim(s.table);
     if (s.cfg.metrics.enabled) {

@@ -59,7 +59,7 @@ net::awaitable<void> reload(state& s) {
     } catch (const std::exception& e) {
         spdlog::error("reload failed, the running config stays: {}", e.what());
     }
-    s.metrics.config_loaded(true, ok);
+    s.metrics.config_reloaded(ok);
     // Parsing a large file (or one refused for its size) took memory the daemon will not use again: hand
     // it back rather than keep it for the life of the process.
     ::malloc_trim(0);

@@ -45,10 +45,12 @@ net::awaitable<void> report_bytes_every(proxy::session_registry& live, std::chro
     }
 }
 
-net::awaitable<void> run_listener(std::shared_ptr<const void> keep, net::tcp::acceptor& acceptor,
+// The accept loop of one listener; the frame holds the slot (and so its acceptor) while it runs.
+net::awaitable<void> run_listener(std::shared_ptr<const void> slot, net::tcp::acceptor& acceptor,
                                   std::function<net::admit_gate*()> gate,
                                   std::function<void(net::tcp::socket, bool)> on_accept) {
     co_await net::accept_loop(acceptor, std::move(gate), std::move(on_accept));
+    slot.reset();
 }
 
 void close(net::tcp::acceptor& a) {

@@ -23,7 +23,6 @@ class path_log {
 public:
     // Appends `k` unless it is the path the connection is on already.
     void ran_on(kind k);
-    bool empty() const { return count_ == 0; }
     kind first() const { return paths_[0]; }
     std::string text() const;  // "-" when empty
 

@@ -34,10 +34,13 @@ registry::registry()
 
 registry::~registry() = default;
 
-void registry::config_loaded(bool reload, bool success) {
-    if (reload) (success ? reloads_success_ : reloads_failure_).inc();
-    if (success)
-        last_success_.set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+void registry::config_loaded() {
+    last_success_.set(std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
+void registry::config_reloaded(bool success) {
+    (success ? reloads_success_ : reloads_failure_).inc();
+    if (success) config_loaded();
 }
 
 void registry::add_collectable(std::shared_ptr<prometheus::Collectable> c) { collectables_->push_back(std::move(c)); }

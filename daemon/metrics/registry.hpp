@@ -110,9 +110,10 @@ public:
         return g;
     }
 
-    // A config load: the start (success only) or a reload (SIGHUP), counted by result; a success also
-    // sets the last-success timestamp.
-    void config_loaded(bool reload, bool success);
+    // The config loaded at the start: the last-success timestamp.
+    void config_loaded();
+    // A reload (SIGHUP), counted by result; a success also sets the last-success timestamp.
+    void config_reloaded(bool success);
     // Adds a collectable whose series are made at scrape time (BPF counters, process metrics).
     void add_collectable(std::shared_ptr<prometheus::Collectable> c);
     // Serves GET /metrics on the address; throws std::runtime_error when it cannot bind.

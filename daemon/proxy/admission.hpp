@@ -22,8 +22,6 @@ public:
     void release() override;
     // On the caller's executor: returns once there may be room (check with try_admit()), or at `deadline`.
     net::awaitable<void> wait_for_room(std::chrono::steady_clock::time_point deadline) override;
-    std::uint32_t open() const { return open_.load(std::memory_order_relaxed); }
-    std::uint32_t limit() const { return limit_.load(std::memory_order_relaxed); }
     // A reload's new max_connections; connections over a lowered limit run on, new ones wait.
     void set_limit(std::uint32_t limit);
 

@@ -178,13 +178,11 @@ void backend_pool::release(std::size_t index) {
     serve_waiters_locked();
 }
 
-net::awaitable<backend_pool::acquired> backend_pool::acquire(const client_key& client,
-                                                             const std::vector<const backend_state*>& tried,
-                                                             std::chrono::milliseconds queue, bool& counted_no_up) {
+net::awaitable<backend_pool::acquired> backend_pool::acquire(request& r, std::chrono::milliseconds queue) {
     auto w = std::make_shared<waiter>();
-    w->client = client;
-    w->tried = tried;
-    w->counted_no_up = counted_no_up;
+    w->client = r.client;
+    w->tried = r.tried;
+    w->counted_no_up = r.counted_no_up;
     auto& q = *queue_;
     {
         std::lock_guard lock(q.mutex_);
@@ -192,7 +190,7 @@ net::awaitable<backend_pool::acquired> backend_pool::acquire(const client_key& c
         if (!pool) pool = shared_from_this();  // not in service yet (or no more): its own choice
         // Behind others already waiting: a newcomer does not overtake them.
         const choice c = q.waiters_.empty() ? pool->choose_locked(*w) : choice::full;
-        counted_no_up = w->counted_no_up;
+        r.counted_no_up = w->counted_no_up;
         if (c == choice::leased) co_return acquired{outcome::leased, w->take()};
         if (c == choice::none) co_return acquired{};
         w->wake = std::make_shared<net::wakeup>(co_await net::asio::this_coro::executor);
@@ -202,7 +200,7 @@ net::awaitable<backend_pool::acquired> backend_pool::acquire(const client_key& c
     for (;;) {
         co_await w->wake->wait(deadline);
         std::lock_guard lock(q.mutex_);
-        counted_no_up = w->counted_no_up;
+        r.counted_no_up = w->counted_no_up;
         if (w->granted) co_return acquired{outcome::leased, w->take()};
         if (clock::now() >= deadline) {
             std::erase(q.waiters_, w);

@@ -81,12 +81,18 @@ public:
         outcome result = outcome::no_backend;
         lease slot;  // of the pool in service when it was granted (a reload may have put a newer one there)
     };
+    // One connection's search for a backend, over its attempts: the client (source_hash keys on it), the
+    // backends it tried, and whether it was counted as finding none up (once per connection).
+    struct request {
+        client_key client;
+        std::vector<const backend_state*> tried;
+        bool counted_no_up = false;
+    };
     // A backend for a new connection, chosen by the balancer of the route's newest pool in service among
-    // its backends that are up, have weight > 0, are not full and are not in `tried`. When none is up, all
-    // of them are candidates (a checker may be wrong; counted once per connection through `counted_no_up`).
-    // When every candidate is full, waits in the route's FIFO up to `queue` for a slot.
-    net::awaitable<acquired> acquire(const client_key& client, const std::vector<const backend_state*>& tried,
-                                     std::chrono::milliseconds queue, bool& counted_no_up);
+    // its backends that are up, have weight > 0, are not full and are not in `r.tried`. When none is up,
+    // all of them are candidates (a checker may be wrong). When every candidate is full, waits in the
+    // route's FIFO up to `queue` for a slot.
+    net::awaitable<acquired> acquire(request& r, std::chrono::milliseconds queue);
 
     // Puts this pool in service in place of the route's earlier one (a reload's table is in place): its
     // balancer serves the route's waiters from now on, and the carried-over states are brought in line

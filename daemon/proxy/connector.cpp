@@ -9,10 +9,9 @@ namespace spliced::proxy {
 
 net::awaitable<connected> connect_any(route_runtime& route, std::uint64_t id, const client_key& client) {
     connected out;
-    std::vector<const backend_state*> tried;
-    bool counted_no_up = false;
+    backend_pool::request request{client, {}, false};
     for (std::size_t attempt = 0; attempt < route.pool->size(); ++attempt) {
-        auto got = co_await route.pool->acquire(client, tried, route.cfg.timeouts.queue, counted_no_up);
+        auto got = co_await route.pool->acquire(request, route.cfg.timeouts.queue);
         if (got.result == backend_pool::outcome::queue_timeout) {
             route.metrics.queue_timeouts.inc();
             out.result = connected::outcome::queue_timeout;
@@ -34,7 +33,7 @@ net::awaitable<connected> connect_any(route_runtime& route, std::uint64_t id, co
             out.slot = std::move(got.slot);
             co_return out;
         }
-        tried.push_back(&pool.state(index));
+        request.tried.push_back(&pool.state(index));
         pool.metrics().backends[index].connect_errors.inc(attempt_outcome.reason);
         spdlog::warn("conn {} route {}: connect to {} failed: {} ({})", id, route.cfg.name, backend.name,
                      net::to_string(attempt_outcome.reason), attempt_outcome.error.message());

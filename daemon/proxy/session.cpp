@@ -20,11 +20,12 @@ namespace {
 // Sockets of a proxied pair: no Nagle delay, and urgent data inline (an urgent byte is forwarded in
 // order as an ordinary byte; out of line it would be dropped by copy and stall splice at its mark).
 // A client socket has both from its listener (net::open_listener); an upstream socket gets them here.
-void prepare(net::tcp::socket& s, bool accepted) {
-    if (!accepted) {
-        sys::set_nodelay(s.native_handle(), true);
-        sys::set_oob_inline(s.native_handle());
-    }
+void prepare_client(net::tcp::socket& s) {
+    if (!s.non_blocking()) s.non_blocking(true);
+}
+void prepare_upstream(net::tcp::socket& s) {
+    sys::set_nodelay(s.native_handle(), true);
+    sys::set_oob_inline(s.native_handle());
     if (!s.non_blocking()) s.non_blocking(true);
 }
 
@@ -71,7 +72,7 @@ public:
     session& operator=(const session&) = delete;
 
     net::awaitable<void> run() {
-        prepare(client_, true);
+        prepare_client(client_);
         // Only the access log needs the peer's address (one getpeername per connection otherwise).
         if (env_.access_log) client_text_ = net::peer_of(client_).text();
         std::optional<ending> stop = co_await route_by_preamble();
@@ -195,7 +196,7 @@ net::awaitable<std::optional<ending>> session::connect() {
 }
 
 net::awaitable<void> session::relay() {
-    prepare(upstream_, false);
+    prepare_upstream(upstream_);
     std::vector<std::uint8_t> header;
     if (route_->cfg.send_proxy_protocol != config::proxy_protocol_version::off)
         header = proxy_header_to_send(route_->cfg.send_proxy_protocol, client_, accepted_, server_name_, id_);

@@ -27,7 +27,6 @@ std::error_code tcp_stats_of(int fd, tcp_stats& out) {
     socklen_t len = sizeof(info);
     if (::getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return last_error();
     out.state = info.tcpi_state;
-    out.last_data_recv_ms = info.tcpi_last_data_recv;
     out.bytes_acked = info.tcpi_bytes_acked;
     out.bytes_received = info.tcpi_bytes_received;
     return {};

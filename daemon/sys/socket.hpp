@@ -12,7 +12,6 @@ inline std::error_code last_error() { return {errno, std::system_category()}; }
 // The TCP_INFO fields spliced uses (the kernel's struct, not glibc's shorter one).
 struct tcp_stats {
     std::uint8_t state = 0;                  // TCP_ESTABLISHED, TCP_CLOSE_WAIT, ...
-    std::uint32_t last_data_recv_ms = 0;     // since the last data segment arrived
     std::uint64_t bytes_acked = 0;           // sent and acknowledged by the peer
     std::uint64_t bytes_received = 0;        // received in order
     bool established() const;

@@ -571,7 +571,7 @@ private:
     void take_baseline() {
         if (d_.metrics()) {
             try {
-                (void)d_.scrape();  // civetweb's threads and sockets exist from here on
+                (void)d_.scrape();  // the metrics endpoint's thread and sockets exist from here on
             } catch (const std::exception&) {
             }
         }

@@ -40,8 +40,8 @@ constexpr bool sanitized = false;
 
 // The daemon's worker threads in every case.
 constexpr int workers = 2;
-// Seconds the daemon may take to exit once it has nothing left to drain: stopping the metrics server
-// (prometheus-cpp's civetweb) takes 1-2 s here.
+// Seconds the daemon may take to exit once it has nothing left to drain (stopping the metrics endpoint's thread,
+// the workers' threads, a loaded machine).
 constexpr double exit_margin = 3.0;
 // Empty pipes the splice path keeps per worker thread (daemon/datapath/splice_pump.cpp pool_limit), two fds each:
 // after a splice run they may stay open, up to this many.
@@ -97,7 +97,7 @@ struct route_def {
 struct daemon_options {
     std::string drain_timeout = "5s";
     std::string access_log = "stdout";  // off for the cases with tens of thousands of connections; "file": access.log
-    bool metrics = true;                // false: no metrics section (and so no civetweb ignoring SIGPIPE)
+    bool metrics = true;                // false: no metrics section (no metrics thread: SIGPIPE is spliced's own)
     process_options process = {};
 };
 

@@ -395,8 +395,8 @@ TEST_CASE("the metrics parser reads label sets in any order, with escapes, and s
     CHECK_THROWS(metrics_snapshot::parse("broken{route=\"x} 1\n"));
 }
 
-// Backends and listeners checked directly, without the proxy (hidden: run with "[.harness_backends]").
-TEST_CASE("the in-process backends behave as the proxy cases assume", "[.harness_backends]") {
+// Backends and listeners checked directly, without the proxy: the other cases stand on them.
+TEST_CASE("the in-process backends behave as the proxy cases assume", "[harness]") {
     SECTION("echo echoes and half-closes") {
         backend_server b(backend_kind::echo);
         auto fd = connect_tcp("127.0.0.1", b.port());
@@ -916,10 +916,11 @@ TEST_CASE("the echo route's [::1] listener proxies 1 MiB intact over IPv6", "[pr
     require_handed_off("echo", before, 1);
 }
 
-// Not part of the suite (hidden): repeats the echo-with-half-close pattern to reproduce rare stalls. Run with
-// "[.stress]"; SPLICED_TEST_STRESS_N (default 200) connections of SPLICED_TEST_STRESS_KIB (default 1024) KiB,
-// SPLICED_TEST_STRESS_PARALLEL (default 1) at a time; SPLICED_TEST_STRESS_HALFCLOSE=0 closes without half-close.
-TEST_CASE("many echo connections with half-close all come back intact", "[.stress]") {
+// Repeats the echo-with-half-close pattern, one connection after the other (about 1 s), to catch rare stalls;
+// run alone with "[stress]" and SPLICED_TEST_STRESS_N (default 200) connections of SPLICED_TEST_STRESS_KIB
+// (default 1024) KiB, SPLICED_TEST_STRESS_PARALLEL (default 1) at a time; SPLICED_TEST_STRESS_HALFCLOSE=0 closes
+// without half-close.
+TEST_CASE("many echo connections with half-close all come back intact", "[stress]") {
     ANNOUNCE_DATAPATH();
     auto& px = proxy();
     auto env = [](const char* name, long fallback) {

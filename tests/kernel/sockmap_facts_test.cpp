@@ -17,6 +17,7 @@
 #include <poll.h>
 #include <string>
 #include <sys/socket.h>
+#include <functional>
 #include <thread>
 
 using namespace spliced;
@@ -112,6 +113,28 @@ std::string pattern(std::size_t n, unsigned seed) {
     return s;
 }
 
+// Polls `pred` every millisecond until it holds or `budget` runs out; whether it held.
+bool until(const std::function<bool()>& pred, std::chrono::milliseconds budget = std::chrono::milliseconds(2000)) {
+    const auto deadline = clock_type::now() + budget;
+    while (!pred()) {
+        if (clock_type::now() >= deadline) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+}
+
+// Bytes in a socket's receive queue, and in its send queue.
+int inq(int fd) {
+    int n = 0;
+    REQUIRE_FALSE(sys::receive_queue_bytes(fd, n));
+    return n;
+}
+int outq(int fd) {
+    int n = 0;
+    REQUIRE_FALSE(sys::send_queue_bytes(fd, n));
+    return n;
+}
+
 std::uint64_t cookie_of(int fd) {
     std::uint64_t c = 0;
     REQUIRE_FALSE(sys::socket_cookie(fd, c));
@@ -154,7 +177,7 @@ datapath::forwarded forward_now(const proxied& p, std::uint64_t soft_bound) {
 TEST_CASE("bytes a client sent before its socket entered the map are delivered (insert kicks the queue)") {
     proxied p;
     send_all(p.client.outer.get(), "spoke before insertion");
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));  // let them land in the receive queue
+    REQUIRE(until([&] { return inq(p.client.inner.get()) == 22; }));  // in the receive queue
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     REQUIRE_FALSE(ins.error);
     // Nothing else is sent: without the kick these bytes would sit in the queue for good.
@@ -183,7 +206,7 @@ TEST_CASE("an skb partly read by userspace before insertion is redirected whole:
     proxied p;
     const auto data = pattern(16000, 7);  // one write, one skb on loopback
     send_all(p.client.outer.get(), data);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(until([&] { return inq(p.client.inner.get()) == static_cast<int>(data.size()); }));
     char head[1000];
     REQUIRE(::recv(p.client.inner.get(), head, sizeof head, MSG_DONTWAIT) == 1000);
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
@@ -200,7 +223,8 @@ TEST_CASE("forward_queued stops only where the receive queue ran dry, so the pai
     // Several skbs queued; a bound of 1 byte stops at the first 64 KiB read unless it waits for the short read.
     const auto data = pattern(300000, 8);
     send_all(p.client.outer.get(), data);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    // More than one 64 KiB read is queued (all of it, or as much as the receive window takes).
+    REQUIRE(until([&] { return outq(p.client.outer.get()) == 0 || inq(p.client.inner.get()) > 64 * 1024; }));
     const auto f = forward_now(p, 1);
     CHECK(f.clean);
     CHECK(f.bytes > 64 * 1024);  // read on past the bound to where the queue ran dry, not one 64 KiB read
@@ -257,7 +281,10 @@ TEST_CASE("a half-closed client (CLOSE_WAIT) cannot enter the map and never did,
     proxied p;
     send_all(p.client.outer.get(), "request");
     ::shutdown(p.client.outer.get(), SHUT_WR);
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    REQUIRE(until([&] {  // the FIN arrived: CLOSE_WAIT
+        sys::tcp_stats st;
+        return !sys::tcp_stats_of(p.client.inner.get(), st) && !st.established();
+    }));
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     CHECK(ins.error);
     CHECK_FALSE(ins.entered_map);
@@ -364,8 +391,17 @@ TEST_CASE("a FIN arriving while the socket's redirect backlog still holds bytes 
     // Backend -> client, while the client reads nothing: the client socket's send buffer fills
     // and the rest waits in its psock backlog.
     auto data = pattern(16 * 1024 * 1024, 6);
+    // A send buffer far below the transfer (the pair's own is 16 MiB), so the backlog must hold the rest.
+    REQUIRE_FALSE(sys::set_send_buffer(p.client.inner.get(), 256 * 1024));
     std::thread writer([&] { send_all(p.upstream.inner.get(), data); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // Bytes redirected to the client's proxy socket past what it took: they wait in its backlog.
+    const auto upstream = cookie_of(p.upstream.outer.get());
+    CHECK(until([&] {
+        std::uint64_t redirected = 0, queued = 0;
+        if (engine().redirected(upstream, redirected) || sys::bytes_queued_total(p.client.inner.get(), queued))
+            return false;
+        return redirected > queued - ins.pair.client_queued_base;
+    }));
     // The client half-closes: its FIN reaches the proxy socket with the backlog non-empty.
     ::shutdown(p.client.outer.get(), SHUT_WR);
     CHECK(eof_within(p.client.inner.get(), std::chrono::milliseconds(2000)));
@@ -483,7 +519,8 @@ TEST_CASE("with SO_OOBINLINE, forward_queued reads through an urgent mark, so no
     send_all(p.client.outer.get(), head);
     REQUIRE(::send(p.client.outer.get(), "!", 1, MSG_OOB | MSG_NOSIGNAL) == 1);
     send_all(p.client.outer.get(), tail);
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // coalesced into few skbs in the receive queue
+    // All of it in the receive queue, coalesced into few skbs.
+    REQUIRE(until([&] { return inq(p.client.inner.get()) == static_cast<int>(head.size() + 1 + tail.size()); }));
     const auto f = forward_now(p, 1);
     CHECK(f.clean);
     CHECK(f.bytes == head.size() + 1 + tail.size());

@@ -34,13 +34,11 @@ struct fixture {
     backend_pool::acquired acquire(std::vector<bool> tried = {}, std::chrono::milliseconds queue = std::chrono::milliseconds(0)) {
         net::asio::io_context io;
         backend_pool::acquired out;
-        bool counted = false;
-        std::vector<const proxy::backend_state*> tried_states;
+        backend_pool::request request;
         for (std::size_t i = 0; i < tried.size(); ++i)
-            if (tried[i]) tried_states.push_back(&pool->state(i));
+            if (tried[i]) request.tried.push_back(&pool->state(i));
         net::asio::co_spawn(
-            io, [&]() -> net::awaitable<void> { out = co_await pool->acquire({}, tried_states, queue, counted); },
-            net::asio::detached);
+            io, [&]() -> net::awaitable<void> { out = co_await pool->acquire(request, queue); }, net::asio::detached);
         io.run();
         return out;
     }
@@ -126,15 +124,14 @@ TEST_CASE("full backends are skipped; when all are full a connection waits, FIFO
     // Two waiters on another thread's io_context; a release hands the slot to the older one.
     net::asio::io_context io;
     std::vector<int> order;
-    const std::vector<const proxy::backend_state*> none;
-    bool c1 = false, c2 = false;
+    backend_pool::request r1, r2;
     backend_pool::acquired first, second;
     net::asio::co_spawn(io, [&]() -> net::awaitable<void> {
-        first = co_await f.pool->acquire({}, none, std::chrono::seconds(5), c1);
+        first = co_await f.pool->acquire(r1, std::chrono::seconds(5));
         order.push_back(1);
     }, net::asio::detached);
     net::asio::co_spawn(io, [&]() -> net::awaitable<void> {
-        second = co_await f.pool->acquire({}, none, std::chrono::milliseconds(300), c2);
+        second = co_await f.pool->acquire(r2, std::chrono::milliseconds(300));
         order.push_back(2);
     }, net::asio::detached);
     std::thread runner([&] { io.run(); });
@@ -183,11 +180,10 @@ TEST_CASE("a slot freed on an old table's pool goes to the oldest waiter, throug
     REQUIRE(held.result == backend_pool::outcome::leased);
 
     net::asio::io_context io;
-    bool counted = false;
+    backend_pool::request request;
     backend_pool::acquired waited;
-    const std::vector<const proxy::backend_state*> none;
     net::asio::co_spawn(io, [&]() -> net::awaitable<void> {
-        waited = co_await f.pool->acquire({}, none, std::chrono::seconds(5), counted);
+        waited = co_await f.pool->acquire(request, std::chrono::seconds(5));
     }, net::asio::detached);
     std::thread runner([&] { io.run(); });
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // queued behind the held slot
