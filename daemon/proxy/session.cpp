@@ -74,7 +74,8 @@ public:
     net::awaitable<void> run() {
         prepare_client(client_);
         // Only the access log needs the peer's address (one getpeername per connection otherwise).
-        if (env_.access_log) client_text_ = net::peer_of(client_).text();
+        if (env_.access_log)
+            if (const auto peer = net::peer_of(client_); !peer.empty()) client_text_ = peer.text();  // else "?"
         std::optional<ending> stop = co_await route_by_preamble();
         if (!stop) stop = co_await admit();
         if (!stop) stop = co_await connect();

@@ -40,7 +40,9 @@ namespace chaos {
 namespace {
 
 using namespace std::chrono_literals;
+using it::datapath;
 using it::unique_fd;
+using it::uses_maps;
 
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool sanitized = true;  // the daemon is built the same way: about 3x slower
@@ -58,8 +60,6 @@ constexpr int traced_failures = 4;
 constexpr int described_failures = 30;
 constexpr int max_restarts = 3;
 
-const std::string& datapath() { return it::settings().datapath; }
-bool uses_maps() { return datapath() == "sockmap" || datapath() == "auto"; }
 // Pooled pipes may stay: splice, auto, and sockmap too (its fallbacks to splice: a client that half-closed before
 // the upstream connected, a full map, a sender that never pauses).
 bool uses_pipes() { return datapath() != "copy"; }
@@ -247,24 +247,14 @@ public:
 
 private:
     void write_config(const std::vector<std::uint16_t>& backend_ports) {
-        const char* level = env("SPLICED_TEST_LOG_LEVEL");
-        std::ostringstream y;
-        y << "datapath: " << datapath() << "\n"
-          << "workers: " << workers << "\n"
-          << "drain_timeout: 5s\n";
-        if (metrics_) y << "metrics:\n  listen: 127.0.0.1:" << metrics_port_ << "\n";
-        y << "log:\n"
-          << "  level: " << (level ? level : "warn") << "\n"
-          << "  access_log: " << access_log() << "\n"
-          << "routes:\n";
-        for (std::size_t i = 0; i < backend_ports.size(); ++i) {
-            y << "  - name: r" << i << "\n"
-              << "    listen: [\"127.0.0.1:" << listen_ports_[i] << "\"]\n"
-              << "    timeouts: { connect: " << connect_timeout_ms << "ms, idle: " << idle_timeout_ms << "ms }\n"
-              << "    backends:\n"
-              << "      - address: 127.0.0.1:" << backend_ports[i] << "\n";
-        }
-        it::write_file(dir.file("spliced.yaml"), y.str());
+        it::daemon_config c{.datapath = datapath(), .workers = workers, .log_level = "warn", .access_log = access_log()};
+        if (metrics_) c.metrics_port = metrics_port_;
+        for (std::size_t i = 0; i < backend_ports.size(); ++i)
+            c.routes.push_back({"r" + std::to_string(i), {"127.0.0.1:" + std::to_string(listen_ports_[i])},
+                                "connect: " + std::to_string(connect_timeout_ms) + "ms, idle: " +
+                                    std::to_string(idle_timeout_ms) + "ms",
+                                "", {"127.0.0.1:" + std::to_string(backend_ports[i])}});
+        it::write_file(dir.file("spliced.yaml"), c.yaml());
     }
 
     bool metrics_;

@@ -1,6 +1,7 @@
 // libFuzzer target: the TLS ClientHello reader on arbitrary bytes. Invariants: the outcome is the same fed
 // whole, in small pieces or split in two; a first byte other than 22 is not_tls; a name read is lower-case,
 // without a trailing dot and within its bound; ALPN names are never empty.
+#include "split_feeder.hpp"
 #include "proxy/client_hello.hpp"
 
 #include <cstddef>
@@ -34,22 +35,12 @@ bool same(const outcome& a, const outcome& b) {
 
 outcome run(std::span<const std::uint8_t> data, std::size_t first, std::size_t piece) {
     client_hello_parser parser;
+    const std::size_t pieces[] = {first, piece};
+    const auto r = spliced::test::feed_pieces(parser, data, pieces, [](const auto&, std::size_t) {}, require);
     outcome out;
-    std::size_t pos = 0;
-    std::size_t n = first;
-    while (pos < data.size()) {
-        n = std::min(n, data.size() - pos);
-        const auto r = parser.feed(data.subspan(pos, n));
-        pos += n;
-        n = piece;
-        out.status = r.status;
-        out.reason = r.reason;
-        if (r.status != parse_status::need_more) {
-            if (r.status == parse_status::done) out.hello = parser.hello();
-            require(parser.feed(data.subspan(pos)).status == r.status);
-            break;
-        }
-    }
+    out.status = r.status;
+    out.reason = r.reason;
+    if (r.status == parse_status::done) out.hello = parser.hello();
     return out;
 }
 

@@ -1,6 +1,7 @@
 // libFuzzer target: the PROXY protocol decoder on arbitrary bytes, and the encoders on endpoints drawn from them.
 // Invariants: consumed never exceeds what was fed; the outcome is the same fed whole, byte at a time or split in
 // two; a decoded header stays within the caps; what the encoders write decodes back to the same fields.
+#include "split_feeder.hpp"
 #include "proxy/proxy_protocol.hpp"
 
 #include <cstddef>
@@ -35,25 +36,17 @@ bool same(const outcome& a, const outcome& b) {
 outcome run(std::span<const std::uint8_t> data, std::size_t first, std::size_t piece) {
     proxy_header_parser parser;
     outcome out;
-    std::size_t pos = 0;
-    std::size_t n = first;
-    while (pos < data.size()) {
-        n = std::min(n, data.size() - pos);
-        const auto r = parser.feed(data.subspan(pos, n));
-        require(r.consumed <= n);
-        out.consumed += r.consumed;
-        out.status = r.status;
-        out.reason = r.reason;
-        if (r.status != parse_status::need_more) {
-            if (r.status == parse_status::done) out.header = parser.header();
-            const auto again = parser.feed(data.subspan(pos));
-            require(again.status == r.status && again.consumed == 0);
-            break;
-        }
-        require(r.consumed == n);
-        pos += n;
-        n = piece;
-    }
+    const std::size_t pieces[] = {first, piece};
+    const auto r = spliced::test::feed_pieces(
+        parser, data, pieces,
+        [&](const auto& step, std::size_t n) {
+            require(step.consumed <= n && (step.status != parse_status::need_more || step.consumed == n));
+            out.consumed += step.consumed;
+        },
+        require);
+    out.status = r.status;
+    out.reason = r.reason;
+    if (r.status == parse_status::done) out.header = parser.header();
     return out;
 }
 

@@ -29,8 +29,6 @@ namespace it {
 
 namespace {
 
-constexpr std::size_t KiB = 1024;
-constexpr std::size_t MiB = 1024 * KiB;
 
 #if defined(__SANITIZE_ADDRESS__)
 constexpr bool sanitized = true;  // the daemon is built the same way: much slower, and its RSS means little
@@ -47,12 +45,6 @@ constexpr double exit_margin = 3.0;
 // after a splice run they may stay open, up to this many.
 constexpr int pooled_pipe_fds = workers * 64 * 2;
 
-const std::string& datapath() { return settings().datapath; }
-// The path connections are handed to first: auto starts every connection on splice (and moves quiet ones to
-// sockmap later, counted in spliced_sockmap_promotions_total).
-std::string handoff_path() { return datapath() == "auto" ? "splice" : datapath(); }
-// The daemon holds the BPF maps (sockmap, and auto: the suite runs as root, where sockmap is usable).
-bool uses_maps() { return datapath() == "sockmap" || datapath() == "auto"; }
 // The path leaves pooled pipes behind.
 bool uses_pipes() { return datapath() == "splice" || datapath() == "auto"; }
 
@@ -79,10 +71,6 @@ void loud(const std::string& text) {
               << std::endl;
 }
 
-// The current case's name and data path, on stdout and in every failure message of the case.
-#define ANNOUNCE_DATAPATH()                                                                                    \
-    INFO("data path under test: " << datapath());                                                              \
-    std::cout << "[" << datapath() << "] " << Catch::getResultCapture().getCurrentTestName() << std::endl
 
 // ---------------------------------------------------------------------------------------------------------
 // A daemon per case
@@ -112,24 +100,13 @@ class case_daemon {
 public:
     case_daemon(const std::vector<route_def>& routes, const daemon_options& opts) : metrics_port_(fresh_port(AF_INET)) {
         for (auto& r : routes) port_[r.name] = fresh_port(AF_INET);
-        const char* level = std::getenv("SPLICED_TEST_LOG_LEVEL");
-        std::ostringstream y;
-        y << "datapath: " << datapath() << "\n"
-          << "workers: " << workers << "\n"
-          << "drain_timeout: " << opts.drain_timeout << "\n";
-        if (opts.metrics) y << "metrics:\n" << "  listen: 127.0.0.1:" << metrics_port_ << "\n";
-        y << "log:\n"
-          << "  level: " << (level ? level : "info") << "\n"
-          << "  access_log: " << (opts.access_log == "file" ? access_log_path() : opts.access_log) << "\n"
-          << "routes:\n";
-        for (auto& r : routes) {
-            y << "  - name: " << r.name << "\n"
-              << "    listen: [\"127.0.0.1:" << port_.at(r.name) << "\"]\n"
-              << "    timeouts: { connect: " << r.connect_timeout << ", idle: " << r.idle_timeout << " }\n"
-              << "    backends:\n";
-            for (auto& b : r.backends) y << "      - address: " << b << "\n";
-        }
-        write_file(dir.file("spliced.yaml"), y.str());
+        daemon_config c{.datapath = datapath(), .workers = workers, .drain_timeout = opts.drain_timeout};
+        if (opts.metrics) c.metrics_port = metrics_port_;
+        c.access_log = opts.access_log == "file" ? access_log_path() : opts.access_log;
+        for (auto& r : routes)
+            c.routes.push_back({r.name, {"127.0.0.1:" + std::to_string(port_.at(r.name))},
+                                "connect: " + r.connect_timeout + ", idle: " + r.idle_timeout, "", r.backends});
+        write_file(dir.file("spliced.yaml"), c.yaml());
         process = std::make_unique<daemon_process>(settings().binary, dir.file("spliced.yaml"),
                                                    dir.file("spliced.log"), dir.file("notify.sock"), 15s, opts.process);
     }
@@ -197,27 +174,6 @@ case_daemon& start_daemon(const std::vector<route_def>& routes, const daemon_opt
 // ---------------------------------------------------------------------------------------------------------
 // Metrics and the daemon's state
 
-struct path_counts {
-    double sockmap = 0, splice = 0, copy = 0;
-    double total() const { return sockmap + splice + copy; }
-    double on(const std::string& path) const {
-        return path == "sockmap" ? sockmap : path == "splice" ? splice : path == "copy" ? copy : -1;
-    }
-};
-
-path_counts connections_of(const metrics_snapshot& m, const std::string& route) {
-    auto count = [&](const char* path) {
-        return m.sum("spliced_connections_total", {{"route", route}, {"datapath", path}});
-    };
-    return {count("sockmap"), count("splice"), count("copy")};
-}
-
-std::string describe(const path_counts& before, const path_counts& after) {
-    std::ostringstream s;
-    s << "sockmap +" << after.sockmap - before.sockmap << ", splice +" << after.splice - before.splice << ", copy +"
-      << after.copy - before.copy;
-    return s.str();
-}
 
 double promotions_of(const metrics_snapshot& m, const std::string& route) {
     return m.sum("spliced_sockmap_promotions_total", {{"route", route}});

@@ -1047,4 +1047,41 @@ long fd_limit(pid_t pid) {
     return -1;
 }
 
+path_counts connections_of(const metrics_snapshot& m, const std::string& route) {
+    auto count = [&](const char* path) {
+        return m.sum("spliced_connections_total", {{"route", route}, {"datapath", path}});
+    };
+    return {count("sockmap"), count("splice"), count("copy")};
+}
+
+std::string describe(const path_counts& before, const path_counts& after) {
+    std::ostringstream s;
+    s << "sockmap +" << after.sockmap - before.sockmap << ", splice +" << after.splice - before.splice << ", copy +"
+      << after.copy - before.copy;
+    return s.str();
+}
+
+std::string daemon_config::yaml() const {
+    const char* level = std::getenv("SPLICED_TEST_LOG_LEVEL");
+    std::ostringstream y;
+    y << "datapath: " << datapath << "\n"
+      << "workers: " << workers << "\n"
+      << "drain_timeout: " << drain_timeout << "\n";
+    if (metrics_port) y << "metrics:\n  listen: 127.0.0.1:" << *metrics_port << "\n";
+    y << "log:\n"
+      << "  level: " << (level && *level ? level : log_level.c_str()) << "\n"
+      << "  access_log: " << access_log << "\n";
+    if (sockmap_capacity) y << "sockmap:\n  capacity: " << *sockmap_capacity << "\n";
+    y << "routes:\n";
+    for (const auto& r : routes) {
+        y << "  - name: " << r.name << "\n    listen: [";
+        for (std::size_t i = 0; i < r.listen.size(); ++i) y << (i ? ", " : "") << "\"" << r.listen[i] << "\"";
+        y << "]\n";
+        if (!r.timeouts.empty()) y << "    timeouts: { " << r.timeouts << " }\n";
+        y << r.extra << "    backends:\n";
+        for (const auto& b : r.backends) y << "      - address: " << b << "\n";
+    }
+    return y.str();
+}
+
 }  // namespace it

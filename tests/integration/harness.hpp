@@ -11,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -240,6 +241,26 @@ void echo_connection(int fd, std::atomic<std::uint64_t>* counter = nullptr);
 // The daemon under test
 
 // What the daemon process gets besides its arguments.
+// A test daemon's config: the global keys, then its routes. The log level is SPLICED_TEST_LOG_LEVEL's when set.
+struct daemon_config {
+    struct route {
+        std::string name;
+        std::vector<std::string> listen;  // "127.0.0.1:1234", "[::1]:1234"
+        std::string timeouts;             // the mapping's inside: "connect: 2s, idle: 1h"
+        std::string extra;                // more route keys, each line indented by 4 spaces
+        std::vector<std::string> backends;
+    };
+    std::string datapath;
+    int workers = 2;
+    std::string drain_timeout = "5s";
+    std::optional<std::uint16_t> metrics_port;  // none: no metrics section
+    std::string log_level = "info";
+    std::string access_log = "stdout";
+    std::optional<std::uint32_t> sockmap_capacity;
+    std::vector<route> routes;
+    std::string yaml() const;
+};
+
 struct process_options {
     unsigned long nofile = 0;      // RLIMIT_NOFILE (soft and hard); 0: the test process's own
     std::vector<std::string> env;  // "NAME=value", replacing the test process's NAME
@@ -318,6 +339,18 @@ metrics_snapshot scrape(const std::string& host, std::uint16_t port);
 
 // ---------------------------------------------------------------------------------------------------------
 // BPF maps held by a process
+
+// A route's spliced_connections_total by data path.
+struct path_counts {
+    double sockmap = 0, splice = 0, copy = 0;
+    double total() const { return sockmap + splice + copy; }
+    double on(const std::string& path) const {
+        return path == "sockmap" ? sockmap : path == "splice" ? splice : path == "copy" ? copy : -1;
+    }
+};
+path_counts connections_of(const metrics_snapshot& m, const std::string& route);
+// "sockmap +1, splice +0, copy +0"
+std::string describe(const path_counts& before, const path_counts& after);
 
 struct map_census {
     int maps = 0;               // distinct maps with that name held open by the process

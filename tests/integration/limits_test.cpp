@@ -25,18 +25,9 @@ namespace it {
 
 namespace {
 
-constexpr std::size_t KiB = 1024;
-constexpr std::size_t MiB = 1024 * KiB;
-
-const std::string& datapath() { return settings().datapath; }
-// The daemon holds the BPF maps: sockmap, and auto (sockmap is usable on the machines this runs on as root).
-bool uses_maps() { return datapath() == "sockmap" || datapath() == "auto"; }
 // Where connections are handed off: auto starts each one on splice and may promote it to sockmap later.
 bool starts_on_splice() { return datapath() == "splice" || datapath() == "auto"; }
 
-#define ANNOUNCE_DATAPATH()                                                                                    \
-    INFO("data path under test: " << datapath());                                                              \
-    std::cout << "[" << datapath() << "] " << Catch::getResultCapture().getCurrentTestName() << std::endl
 
 std::string last_log_tail;  // of the last case's daemon, for the runner's failure report
 
@@ -203,24 +194,11 @@ private:
     }
 
     std::string config_text() const {
-        const char* level = std::getenv("SPLICED_TEST_LOG_LEVEL");
-        std::ostringstream y;
-        y << "datapath: " << datapath() << "\n"
-          << "workers: " << opts_.workers << "\n"
-          << "drain_timeout: 5s\n"
-          << "metrics:\n"
-          << "  listen: 127.0.0.1:" << metrics_port_ << "\n"
-          << "log:\n"
-          << "  level: " << (level ? level : "info") << "\n"
-          << "  access_log: " << (opts_.access_log ? "stdout" : "off") << "\n";
-        if (opts_.sockmap_capacity) y << "sockmap:\n  capacity: " << *opts_.sockmap_capacity << "\n";
-        y << "routes:\n"
-          << "  - name: r\n"
-          << "    listen: 127.0.0.1:" << port_ << "\n"
-          << "    timeouts: { connect: " << opts_.connect_timeout << ", idle: 1h }\n"
-          << "    backends:\n"
-          << "      - address: " << echo_.address() << "\n";
-        return y.str();
+        daemon_config c{.datapath = datapath(), .workers = opts_.workers, .metrics_port = metrics_port_,
+                        .access_log = opts_.access_log ? "stdout" : "off", .sockmap_capacity = opts_.sockmap_capacity};
+        c.routes.push_back({"r", {"127.0.0.1:" + std::to_string(port_)},
+                            "connect: " + opts_.connect_timeout + ", idle: 1h", "", {echo_.address()}});
+        return c.yaml();
     }
 
     daemon_options opts_;

@@ -26,15 +26,6 @@ namespace it {
 
 namespace {
 
-constexpr std::size_t KiB = 1024;
-constexpr std::size_t MiB = 1024 * KiB;
-
-const std::string& datapath() { return settings().datapath; }
-// The path connections are handed to first: auto starts every connection on splice (and moves the ones that
-// go idle to sockmap later, counted in spliced_sockmap_promotions_total).
-std::string handoff_path() { return datapath() == "auto" ? "splice" : datapath(); }
-// The daemon holds the BPF maps: sockmap, and auto (sockmap is usable on the machines the suite runs on as root).
-bool uses_maps() { return datapath() == "sockmap" || datapath() == "auto"; }
 
 // ---------------------------------------------------------------------------------------------------------
 // The shared daemon and its backends: one route per scenario, so each case reads its own route's metrics.
@@ -104,28 +95,15 @@ struct proxy_fixture {
     }
 
     std::string config_text() const {
-        const char* level = std::getenv("SPLICED_TEST_LOG_LEVEL");
-        std::ostringstream y;
-        y << "datapath: " << datapath() << "\n"
-          << "workers: 2\n"
-          << "drain_timeout: 5s\n"
-          << "metrics:\n"
-          << "  listen: 127.0.0.1:" << metrics_port << "\n"
-          << "log:\n"
-          << "  level: " << (level ? level : "info") << "\n"
-          << "  access_log: stdout\n"
-          << "routes:\n";
+        daemon_config c{.datapath = datapath(), .metrics_port = metrics_port};
         for (auto& r : routes) {
-            y << "  - name: " << r.name << "\n"
-              << "    listen: [\"127.0.0.1:" << port.at(r.name) << "\"";
-            if (r.name == "echo") y << ", \"[::1]:" << echo_v6_port << "\"";
-            y << "]\n"
-              << "    timeouts: { connect: " << r.connect_timeout << ", idle: " << r.idle_timeout
-              << (r.handshake_timeout.empty() ? "" : ", handshake: " + r.handshake_timeout) << " }\n"
-              << r.extra << "    backends:\n";
-            for (auto& b : r.backends) y << "      - address: " << b << "\n";
+            std::vector<std::string> listen{"127.0.0.1:" + std::to_string(port.at(r.name))};
+            if (r.name == "echo") listen.push_back("[::1]:" + std::to_string(echo_v6_port));
+            const std::string handshake = r.handshake_timeout.empty() ? "" : ", handshake: " + r.handshake_timeout;
+            c.routes.push_back({r.name, listen, "connect: " + r.connect_timeout + ", idle: " + r.idle_timeout + handshake,
+                                r.extra, r.backends});
         }
-        return y.str();
+        return c.yaml();
     }
 
     metrics_snapshot metrics() const { return scrape("127.0.0.1", metrics_port); }
@@ -207,27 +185,6 @@ std::string last_access_line(const std::string& route) {
 // ---------------------------------------------------------------------------------------------------------
 // Metrics helpers
 
-struct path_counts {
-    double sockmap = 0, splice = 0, copy = 0;
-    double total() const { return sockmap + splice + copy; }
-    double on(const std::string& path) const {
-        return path == "sockmap" ? sockmap : path == "splice" ? splice : path == "copy" ? copy : -1;
-    }
-};
-
-path_counts connections_of(const metrics_snapshot& m, const std::string& route) {
-    auto count = [&](const char* path) {
-        return m.sum("spliced_connections_total", {{"route", route}, {"datapath", path}});
-    };
-    return {count("sockmap"), count("splice"), count("copy")};
-}
-
-std::string describe(const path_counts& before, const path_counts& after) {
-    std::ostringstream s;
-    s << "sockmap +" << after.sockmap - before.sockmap << ", splice +" << after.splice - before.splice << ", copy +"
-      << after.copy - before.copy;
-    return s.str();
-}
 
 // Waits (bounded) until `route` has handed off `n` more connections than `before`, on any path.
 bool wait_handed_off(const std::string& route, const path_counts& before, double n, path_counts* now_out = nullptr) {
@@ -318,10 +275,6 @@ std::int64_t tcp_memory_bytes() {
     return -1;
 }
 
-// The current case's name and data path, on stdout and in every failure message of the case.
-#define ANNOUNCE_DATAPATH()                                                                                    \
-    INFO("data path under test: " << datapath());                                                              \
-    std::cout << "[" << datapath() << "] " << Catch::getResultCapture().getCurrentTestName() << std::endl
 
 void send_payload(int fd, const payload& p, std::size_t len) {
     std::vector<std::uint8_t> chunk(std::min<std::size_t>(len, MiB));

@@ -449,38 +449,60 @@ def route(name, listen, backend, *, sni=None, accept=False, send=None, handshake
     return "\n".join(r)
 
 
-def start_spliced(procs, binary, tmp, conf_text):
-    conf = os.path.join(tmp, "spliced.yaml")
-    with open(conf, "w") as f:
-        f.write(conf_text)
-    r = subprocess.run([binary, "--check-config", "--config", conf], capture_output=True, timeout=BUDGET.left(10))
-    if r.returncode != 0:
-        raise Failure(f"spliced --check-config refused the config (rc={r.returncode}):\n"
-                      f"{tail((r.stdout + r.stderr).decode('utf-8', 'replace'), 10)}")
-    ns_path = os.path.join(tmp, "notify.sock")
-    ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    ns.bind(ns_path)
-    ns.settimeout(0.2)
-    env = dict(os.environ, NOTIFY_SOCKET=ns_path)
-    env.pop("WATCHDOG_USEC", None)
-    env.pop("WATCHDOG_PID", None)
-    p = procs.start("spliced", [binary, "--config", conf], env=env)
-    messages = []
+class Daemon:
+    """The one wrapper of a spliced under test: its config in `tmp` (checked with --check-config first), started
+    by `procs` with a NOTIFY_SOCKET that stays open (READY=1 waited for, RELOADING/READY of reloads collected),
+    reloaded by SIGHUP, its logs read back."""
 
-    def ready():
-        procs.check_alive("spliced", p)
-        try:
-            m = ns.recv(4096).decode("utf-8", "replace")
-        except socket.timeout:
-            return False
-        messages.append(m)
-        return "READY=1" in m.split("\n")
+    def __init__(self, procs, binary, tmp, conf_text):
+        self.procs, self.tmp = procs, tmp
+        self.conf = os.path.join(tmp, "spliced.yaml")
+        self.write(conf_text)
+        r = subprocess.run([binary, "--check-config", "--config", self.conf], capture_output=True,
+                           timeout=BUDGET.left(10))
+        if r.returncode != 0:
+            raise Failure(f"spliced --check-config refused the config (rc={r.returncode}):\n"
+                          f"{tail((r.stdout + r.stderr).decode('utf-8', 'replace'), 10)}")
+        self.notify_path = os.path.join(tmp, "notify.sock")
+        self.ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.ns.bind(self.notify_path)
+        self.ns.setblocking(False)
+        self.messages = []
+        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
+        env.pop("WATCHDOG_USEC", None)
+        env.pop("WATCHDOG_PID", None)
+        self.proc = procs.start("spliced", [binary, "--config", self.conf], env=env)
+        wait_until(lambda: self._ready_count() >= 1, 15, "READY=1 on NOTIFY_SOCKET", step=0.02)
 
-    try:
-        wait_until(ready, 15, f"READY=1 on NOTIFY_SOCKET (got {messages})", step=0)
-    finally:
-        ns.close()
-    return p
+    def write(self, text):
+        tmp = self.conf + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, self.conf)  # atomically, as an editor or config manager would
+
+    def drain_notify(self):
+        while True:
+            try:
+                self.messages.append(self.ns.recv(4096).decode("utf-8", "replace"))
+            except BlockingIOError:
+                return
+
+    def _ready_count(self):
+        self.procs.check_alive("spliced", self.proc)
+        self.drain_notify()
+        return sum("READY=1" in m.split("\n") for m in self.messages)
+
+    def reload(self, cap=5):
+        """SIGHUP, then waits for the READY=1 that ends the reload."""
+        before = self._ready_count()
+        self.proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: self._ready_count() > before, cap, "READY=1 after SIGHUP", step=0.005)
+
+    def log(self):
+        return self.procs.out("spliced") + self.procs.err("spliced")
+
+    def close(self):
+        self.ns.close()
 
 
 HAPROXY_CFG = """\
@@ -747,7 +769,7 @@ def setup(w, binary, datapath):
     ]
     conf = (f"datapath: {datapath}\ndrain_timeout: 2s\nlog:\n  level: info\n  access_log: stdout\nroutes:\n"
             + "\n".join(routes) + "\n")
-    start_spliced(procs, binary, tmp, conf)
+    Daemon(procs, binary, tmp, conf).close()
 
     hcfg = os.path.join(tmp, "haproxy.cfg")
     with open(hcfg, "w") as f:

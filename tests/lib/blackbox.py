@@ -135,52 +135,15 @@ class EchoServer(interop.EchoServer):
         super()._serve(c)
 
 
-class Daemon:
-    """spliced on a config file that the case rewrites; NOTIFY_SOCKET messages are collected."""
+class Daemon(interop.Daemon):
+    """interop.Daemon in a directory of its own under the suite's temp dir, stopped with the suite's processes."""
 
     def __init__(self, w, name, conf_text):
-        self.tmp = os.path.join(w.tmp, name)
-        os.makedirs(self.tmp)
-        self.procs = interop.Procs(self.tmp)
-        w.all_procs.append(self.procs)
-        self.conf = os.path.join(self.tmp, "spliced.yaml")
-        self.write(conf_text)
-        self.notify_path = os.path.join(self.tmp, "notify.sock")
-        self.ns = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.ns.bind(self.notify_path)
-        self.ns.setblocking(False)
-        self.messages = []
-        env = dict(os.environ, NOTIFY_SOCKET=self.notify_path)
-        env.pop("WATCHDOG_USEC", None)
-        self.proc = self.procs.start("spliced", [w.binary, "--config", self.conf], env=env)
-        interop.wait_until(lambda: self._ready_count() >= 1, 15, "READY=1", step=0.02)
-
-    def write(self, text):
-        tmp = self.conf + ".new"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.rename(tmp, self.conf)  # atomically, as an editor or config manager would
-
-    def drain_notify(self):
-        while True:
-            try:
-                self.messages.append(self.ns.recv(4096).decode("utf-8", "replace"))
-            except BlockingIOError:
-                return
-
-    def _ready_count(self):
-        self.procs.check_alive("spliced", self.proc)
-        self.drain_notify()
-        return sum("READY=1" in m.split("\n") for m in self.messages)
-
-    def reload(self, cap=5):
-        """SIGHUP, then waits for the READY=1 that ends the reload."""
-        before = self._ready_count()
-        self.proc.send_signal(signal.SIGHUP)
-        interop.wait_until(lambda: self._ready_count() > before, cap, "READY=1 after SIGHUP", step=0.005)
-
-    def log(self):
-        return self.procs.out("spliced") + self.procs.err("spliced")
+        tmp = os.path.join(w.tmp, name)
+        os.makedirs(tmp)
+        procs = interop.Procs(tmp)
+        w.all_procs.append(procs)
+        super().__init__(procs, w.binary, tmp, conf_text)
 
     def sockhash_ids(self):
         """The ids of the BPF maps named like the SOCKHASH that the daemon holds."""
@@ -196,9 +159,6 @@ class Daemon:
             if m and "map_type:\t18" in info:  # BPF_MAP_TYPE_SOCKHASH
                 ids.add(int(m.group(1)))
         return ids
-
-    def close(self):
-        self.ns.close()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def main():
     w.started = time.time()
     interop.BUDGET = interop.Budget(args.budget)
     try:
-        interop.start_spliced(w.procs, w.binary, w.tmp, conf)
+        interop.Daemon(w.procs, w.binary, w.tmp, conf).close()
     except Failure as e:
         print(f"metrics: FAIL: spliced did not start: {e}")
         w.procs.stop_all()

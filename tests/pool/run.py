@@ -120,7 +120,9 @@ def start_daemon(w, name, datapath, routes, metrics_port=None):
     if metrics_port:
         conf += f"metrics:\n  listen: {LO}:{metrics_port}\n"
     conf += "routes:\n" + routes
-    return procs, interop.start_spliced(procs, w.binary, tmp, conf)
+    d = interop.Daemon(procs, w.binary, tmp, conf)
+    d.close()
+    return procs, d.proc
 
 
 def backends_used(procs, route, since=0, until=None):

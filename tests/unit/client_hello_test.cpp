@@ -1,5 +1,6 @@
 // TLS ClientHello reader: hellos made by OpenSSL itself, re-framed and cut every way, and hand-built broken ones.
 #include "proxy/client_hello.hpp"
+#include "split_feeder.hpp"
 
 #include <openssl/ssl.h>
 
@@ -147,25 +148,15 @@ struct outcome {
 
 outcome feed_in(const bytes& input, const std::vector<std::size_t>& pieces) {
     client_hello_parser parser;
+    const auto r = spliced::test::feed_pieces(parser, input, pieces, [](const auto&, std::size_t) {},
+                                              [](bool kept) { CHECK(kept); });
     outcome out;
-    std::size_t pos = 0;
-    std::size_t piece = 0;
-    while (pos < input.size()) {
-        const std::size_t n = std::min(pieces[std::min(piece, pieces.size() - 1)], input.size() - pos);
-        ++piece;
-        const auto r = parser.feed(std::span<const std::uint8_t>(input).subspan(pos, n));
-        pos += n;
-        out.status = r.status;
-        out.reason = r.reason;
-        if (r.status != parse_status::need_more) {
-            if (r.status == parse_status::done) {
-                out.server_name = parser.hello().server_name;
-                out.alpn = parser.hello().alpn;
-                out.legacy_version = parser.hello().legacy_version;
-            }
-            CHECK(parser.feed(std::span<const std::uint8_t>(input).subspan(pos)).status == r.status);
-            break;
-        }
+    out.status = r.status;
+    out.reason = r.reason;
+    if (r.status == parse_status::done) {
+        out.server_name = parser.hello().server_name;
+        out.alpn = parser.hello().alpn;
+        out.legacy_version = parser.hello().legacy_version;
     }
     return out;
 }

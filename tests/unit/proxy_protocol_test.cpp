@@ -1,5 +1,6 @@
 // PROXY protocol v1/v2 decoder and encoders: the spec's examples, peers' vectors, every boundary, every split.
 #include "proxy/proxy_protocol.hpp"
+#include "split_feeder.hpp"
 
 #include <arpa/inet.h>
 
@@ -79,29 +80,19 @@ struct outcome {
 outcome feed_in(const bytes& input, const std::vector<std::size_t>& pieces) {
     proxy_header_parser parser;
     outcome out;
-    std::size_t pos = 0;
-    std::size_t piece = 0;
-    while (pos < input.size()) {
-        const std::size_t n = std::min(pieces[std::min(piece, pieces.size() - 1)], input.size() - pos);
-        ++piece;
-        const auto r = parser.feed(std::span<const std::uint8_t>(input).subspan(pos, n));
-        REQUIRE(r.consumed <= n);
-        out.consumed += r.consumed;
-        out.status = r.status;
-        out.reason = r.reason;
-        if (r.status != parse_status::need_more) {
-            if (r.status == parse_status::done) {
-                out.header = parser.header();
-                REQUIRE(parser.header_size() == out.consumed);
-            }
-            // Finished: more input is neither taken nor changes the answer.
-            const auto again = parser.feed(std::span<const std::uint8_t>(input).subspan(pos));
-            REQUIRE(again.status == r.status);
-            REQUIRE(again.consumed == 0);
-            break;
-        }
-        REQUIRE(r.consumed == n);
-        pos += n;
+    const auto r = spliced::test::feed_pieces(
+        parser, input, pieces,
+        [&](const auto& piece, std::size_t n) {
+            REQUIRE(piece.consumed <= n);
+            if (piece.status == parse_status::need_more) REQUIRE(piece.consumed == n);  // all taken while undecided
+            out.consumed += piece.consumed;
+        },
+        [](bool kept) { REQUIRE(kept); });  // finished: more input is neither taken nor changes the answer
+    out.status = r.status;
+    out.reason = r.reason;
+    if (r.status == parse_status::done) {
+        out.header = parser.header();
+        REQUIRE(parser.header_size() == out.consumed);
     }
     return out;
 }
