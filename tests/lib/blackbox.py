@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 
@@ -159,6 +160,38 @@ class Daemon(interop.Daemon):
             if m and "map_type:\t18" in info:  # BPF_MAP_TYPE_SOCKHASH
                 ids.add(int(m.group(1)))
         return ids
+
+
+class ConnectLoop:
+    """Threads connecting to `port` in a tight loop (connect, a 5-byte echo, close) until stop(): counts what
+    went through and what was refused or reset."""
+
+    def __init__(self, port, threads):
+        self.port, self.ok, self.problems = port, 0, []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
+        for t in self._threads:
+            t.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                with socket.create_connection((interop.LO, self.port), timeout=5) as s:
+                    s.sendall(b"hello")
+                    if s.recv(16) != b"hello":
+                        raise OSError("no echo")
+                self.ok += 1
+            except OSError as e:
+                self.problems.append(repr(e))
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(10)
+
+    def report(self):
+        return (f"{self.ok} connections, {len(self.problems)} refused or reset"
+                + (f" (first: {self.problems[0]})" if self.problems else ""))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from blackbox import Daemon, EchoServer, interop, metric, scrape, has_series  # noqa: E402
+from blackbox import ConnectLoop, Daemon, EchoServer, interop, metric, scrape, has_series  # noqa: E402
 import blackbox  # noqa: E402
 
 from run import Case, free_ports, wait_until, LO  # noqa: E402
@@ -253,22 +253,7 @@ def case_second_start(w):
         conf = head(mport if with_metrics else None) + (
             f"  - name: a\n    listen: \"{LO}:{la}\"\n    backends:\n      - address: {LO}:{e1.port}\n")
         d = Daemon(w, f"first-{'metrics' if with_metrics else 'plain'}", conf)
-        stop, counts, problems = threading.Event(), {"ok": 0}, []
-
-        def client():
-            while not stop.is_set():
-                try:
-                    with socket.create_connection((LO, la), timeout=5) as s:
-                        s.sendall(b"hello")
-                        if s.recv(16) != b"hello":
-                            raise OSError("no echo")
-                    counts["ok"] += 1
-                except OSError as e:
-                    problems.append(repr(e))
-
-        threads = [threading.Thread(target=client) for _ in range(3)]
-        for t in threads:
-            t.start()
+        loop = ConnectLoop(la, 3)
         refusals, messages = 0, set()
         for _ in range(15):
             r = subprocess.run([w.binary, "--config", d.conf], capture_output=True, timeout=20,
@@ -277,15 +262,11 @@ def case_second_start(w):
             m = re.search(r"listen address \S+ is already served by another spliced \(pid (\d+)\)", r.stderr.decode())
             last = (r.stderr.decode().strip().splitlines() or [f"exit {r.returncode}, no message"])[-1]
             messages.add(m.group(1) if m else last[-160:])
-        stop.set()
-        for t in threads:
-            t.join(10)
+        loop.stop()
         what = "with metrics:" if with_metrics else "without metrics:"
         c.check(refusals == 15 and messages == {str(d.proc.pid)},
                 f"{what} 15 second starts exit non-zero, naming the first one's pid: {sorted(messages)}")
-        c.check(not problems and counts["ok"] > 50,
-                f"{what} {counts['ok']} connections through the first meanwhile, {len(problems)} refused or reset"
-                + (f" (first: {problems[0]})" if problems else ""))
+        c.check(not loop.problems and loop.ok > 50, f"{what} through the first meanwhile: {loop.report()}")
         d.close()
     return c
 

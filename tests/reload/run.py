@@ -31,7 +31,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
-from blackbox import Daemon, EchoServer, interop, metric  # noqa: E402
+from blackbox import ConnectLoop, Daemon, EchoServer, interop, metric  # noqa: E402
 import blackbox  # noqa: E402
 
 from run import Case, Failure, Procs, free_ports, wait_until, LO  # noqa: E402
@@ -182,34 +182,15 @@ def case_no_refusal(w):
     confs = [config(w.datapath, [("a", la, [e1.port])]),
              config(w.datapath, [("a", la, [e2.port]), ("b", lb, [e1.port])])]
     d = Daemon(w, "no-refusal", confs[0])
-    stop, counts, problems = threading.Event(), {"ok": 0}, []
-
-    def client():
-        while not stop.is_set():
-            try:
-                with socket.create_connection((LO, la), timeout=5) as s:
-                    s.sendall(b"hello")
-                    if s.recv(16) != b"hello":
-                        raise OSError("no echo")
-                counts["ok"] += 1
-            except OSError as e:
-                problems.append(repr(e))
-
-    threads = [threading.Thread(target=client) for _ in range(2)]
-    for t in threads:
-        t.start()
+    loop = ConnectLoop(la, 2)
     time.sleep(0.2)
     for i in range(20):
         d.write(confs[(i + 1) % 2])
         d.reload()
         time.sleep(0.05)
     time.sleep(0.2)
-    stop.set()
-    for t in threads:
-        t.join(10)
-    c.check(not problems and counts["ok"] > 100,
-            f"{counts['ok']} connections through a kept address during 20 reloads, {len(problems)} refused or reset"
-            + (f" (first: {problems[0]})" if problems else ""))
+    loop.stop()
+    c.check(not loop.problems and loop.ok > 100, f"through a kept address during 20 reloads: {loop.report()}")
     c.check(e1.accepted > 0 and e2.accepted > 0, f"both backend lists were used: {e1.accepted} / {e2.accepted}")
     d.close()
     return c
