@@ -126,7 +126,7 @@ private:
     std::string client_text_;
     std::optional<proxy_header> accepted_;   // the PROXY header the client sent, if its route takes one
     std::optional<std::string> server_name_;  // the ClientHello's SNI, if one was read
-    std::size_t consumed_ = 0;               // bytes of the client's stream the preamble took (a PROXY header)
+    std::size_t consumed_ = 0;  // bytes of the client's stream the preamble took (a PROXY header), for the pair
     admission* admitted_ = nullptr;          // the limit this connection holds a place of
     backend_pool::lease slot_;               // its place on the backend: active until the session ends
     std::uint64_t reported_in_ = 0, reported_out_ = 0;  // already in spliced_bytes_total
@@ -223,7 +223,8 @@ void session::report_bytes_from(const sys::tcp_stats* from_client, const sys::tc
         from_upstream = &u;
     }
     const std::uint64_t got = pair_->payload_received(client_, from_client->bytes_received);
-    const std::uint64_t in = got > consumed_ ? got - consumed_ : 0;
+    const std::uint64_t consumed = pair_->consumed_from_client;
+    const std::uint64_t in = got > consumed ? got - consumed : 0;
     const std::uint64_t out = pair_->payload_received(upstream_, from_upstream->bytes_received);
     // TCP_INFO counters only grow; max() keeps a late, smaller sample from counting backwards.
     if (in > reported_in_) route_->metrics.bytes.inc(direction::in, static_cast<double>(in - reported_in_));
@@ -271,7 +272,7 @@ void session::finish(ending e) {
     write(*env_.access_log,
           access_record{id_, route_name, client_text_.empty() ? "?" : client_text_, slot_ ? slot_.backend().name : "-",
                         p ? p->paths.text() : "-", std::chrono::duration_cast<std::chrono::milliseconds>(lasted).count(),
-                        in > consumed_ ? in - consumed_ : 0,
+                        p && in > p->consumed_from_client ? in - p->consumed_from_client : 0,
                         p ? p->payload_received(upstream_, from_upstream.bytes_received) : 0, e.end});
 }
 
