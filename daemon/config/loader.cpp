@@ -75,7 +75,7 @@ public:
             if (auto sf = s.get("capacity")) c.sockmap.capacity = capacity(*sf);
         }
         auto routes = top.require("routes");
-        const yaml::node& list = value(routes);
+        const yaml::node list = value(routes);
         if (!list.IsSequence()) fail(list, std::string("routes must be a list of routes, not ") + kind_of(list));
         if (list.size() == 0) fail(list, "routes is empty: at least one route is needed");
         for (std::size_t i = 0; i < list.size(); ++i) c.routes.push_back(read_route(item(list, i, "routes"), c.datapath));
@@ -253,7 +253,7 @@ private:
     }
 
     std::vector<address> listen_addresses(const field& f, const std::string& route) {
-        const yaml::node& l = value(f);
+        const yaml::node l = value(f);
         if (!l.IsSequence()) return {listen_address(l, route)};
         if (l.size() == 0) fail(l, "route '" + route + "': listen is an empty list");
         std::vector<address> out;
@@ -282,7 +282,7 @@ private:
     // match.sni: one pattern or a list, each normalised; remembered for the checks of shared addresses.
     std::vector<std::string> sni_patterns(const field& f, const std::string& route) {
         mapping mt(*this, map_value(f), "match", {"sni"});
-        const yaml::node& list = value(mt.require("sni"));
+        const yaml::node list = value(mt.require("sni"));
         std::vector<yaml::node> nodes;
         if (list.IsSequence()) {
             if (list.size() == 0) fail(list, "match.sni is an empty list");
@@ -305,7 +305,7 @@ private:
 
     std::vector<cidr> trusted_proxies(const field& f, bool accepts_proxy_protocol) const {
         if (!accepts_proxy_protocol) fail(f.key, "trusted_proxies needs accept_proxy_protocol: true");
-        const yaml::node& list = value(f);
+        const yaml::node list = value(f);
         if (!list.IsSequence()) fail(list, std::string("trusted_proxies must be a list, not ") + kind_of(list));
         if (list.size() == 0) fail(list, "trusted_proxies is an empty list (leave it out to trust every source)");
         std::vector<cidr> out;
@@ -323,7 +323,7 @@ private:
     // The backends list: each entry an address (a hostname gives one backend per address it has), no address
     // twice.
     std::vector<backend> backends(const field& f, const std::string& route) const {
-        const yaml::node& list = value(f);
+        const yaml::node list = value(f);
         if (!list.IsSequence()) fail(list, std::string("backends must be a list, not ") + kind_of(list));
         if (list.size() == 0) fail(list, "route '" + route + "' has an empty backend list");
         std::vector<backend> out;

@@ -20,13 +20,13 @@ void walker::fail(const yaml::node& at, const std::string& message) const {
     throw config_error(source_, m.line + 1, m.column + 1, message);
 }
 
-const yaml::node& walker::value(const field& f) const {
+yaml::node walker::value(const field& f) const {
     if (f.value.IsNull()) fail(f.key, f.what + " needs a value");
     return f.value;
 }
 
-const yaml::node& walker::map_value(const field& f) const {
-    const yaml::node& v = value(f);
+yaml::node walker::map_value(const field& f) const {
+    const yaml::node v = value(f);
     if (!v.IsMap()) fail(v, f.what + " must be a mapping, not " + kind_of(v));
     return v;
 }

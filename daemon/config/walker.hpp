@@ -33,8 +33,8 @@ public:
     [[noreturn]] void fail(const yaml::node& at, const std::string& message) const;
 
     // The value of a key; an empty value (`key:`) is blamed on the key (the parser places it at the next token).
-    const yaml::node& value(const field& f) const;
-    const yaml::node& map_value(const field& f) const;
+    yaml::node value(const field& f) const;  // a handle: cheap to copy, never a reference to a temporary field
+    yaml::node map_value(const field& f) const;
     // Entry i of a list; an empty entry (`-` alone) is blamed on the list.
     yaml::node item(const yaml::node& list, std::size_t i, const std::string& what) const;
     std::string scalar(const yaml::node& n, const std::string& what) const;

@@ -9,7 +9,8 @@ namespace spliced::proxy {
 
 client_key client_key::of(const net::address& addr) {
     client_key k;
-    const auto ip = addr.unmapped().ip();  // an IPv4-mapped address counts as its IPv4 one
+    const net::address plain = addr.unmapped();  // an IPv4-mapped address counts as its IPv4 one
+    const auto ip = plain.ip();                   // (a view into `plain`, which must outlive it)
     std::copy(ip.begin(), ip.end(), k.bytes.begin());
     k.length = static_cast<std::uint8_t>(ip.size());
     return k;
