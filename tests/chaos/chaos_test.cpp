@@ -247,7 +247,11 @@ public:
 
 private:
     void write_config(const std::vector<std::uint16_t>& backend_ports) {
-        it::daemon_config c{.datapath = datapath(), .workers = workers, .log_level = "warn", .access_log = access_log()};
+        it::daemon_config c;
+        c.datapath = datapath();
+        c.workers = workers;
+        c.log_level = "warn";
+        c.access_log = access_log();
         if (metrics_) c.metrics_port = metrics_port_;
         for (std::size_t i = 0; i < backend_ports.size(); ++i)
             c.routes.push_back({"r" + std::to_string(i), {"127.0.0.1:" + std::to_string(listen_ports_[i])},

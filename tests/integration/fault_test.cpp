@@ -100,7 +100,10 @@ class case_daemon {
 public:
     case_daemon(const std::vector<route_def>& routes, const daemon_options& opts) : metrics_port_(fresh_port(AF_INET)) {
         for (auto& r : routes) port_[r.name] = fresh_port(AF_INET);
-        daemon_config c{.datapath = datapath(), .workers = workers, .drain_timeout = opts.drain_timeout};
+        daemon_config c;
+        c.datapath = datapath();
+        c.workers = workers;
+        c.drain_timeout = opts.drain_timeout;
         if (opts.metrics) c.metrics_port = metrics_port_;
         c.access_log = opts.access_log == "file" ? access_log_path() : opts.access_log;
         for (auto& r : routes)

@@ -194,8 +194,12 @@ private:
     }
 
     std::string config_text() const {
-        daemon_config c{.datapath = datapath(), .workers = opts_.workers, .metrics_port = metrics_port_,
-                        .access_log = opts_.access_log ? "stdout" : "off", .sockmap_capacity = opts_.sockmap_capacity};
+        daemon_config c;
+        c.datapath = datapath();
+        c.workers = opts_.workers;
+        c.metrics_port = metrics_port_;
+        c.access_log = opts_.access_log ? "stdout" : "off";
+        c.sockmap_capacity = opts_.sockmap_capacity;
         c.routes.push_back({"r", {"127.0.0.1:" + std::to_string(port_)},
                             "connect: " + opts_.connect_timeout + ", idle: 1h", "", {echo_.address()}});
         return c.yaml();

@@ -95,7 +95,9 @@ struct proxy_fixture {
     }
 
     std::string config_text() const {
-        daemon_config c{.datapath = datapath(), .metrics_port = metrics_port};
+        daemon_config c;
+        c.datapath = datapath();
+        c.metrics_port = metrics_port;
         for (auto& r : routes) {
             std::vector<std::string> listen{"127.0.0.1:" + std::to_string(port.at(r.name))};
             if (r.name == "echo") listen.push_back("[::1]:" + std::to_string(echo_v6_port));
