@@ -103,6 +103,7 @@ int spliced_verdict(struct __sk_buff *skb)
 		return SK_PASS;
 	}
 	__sync_fetch_and_add(&peer->redirected_bytes, len);
+	__sync_fetch_and_add(&peer->redirected_packets, 1);
 	count(SPLICED_CNT_REDIRECT_PACKETS, 1);
 	count(SPLICED_CNT_REDIRECT_BYTES, len);
 	return SK_PASS;

@@ -16,6 +16,7 @@ struct spliced_peer_value {
 	__u64 peer_cookie;      /* cookie of the socket its skbs are redirected to */
 	__u64 flags;            /* SPLICED_PEER_*; 64-bit so the verdict can set it atomically */
 	__u64 redirected_bytes; /* bytes this socket received that went straight to the peer */
+	__u64 redirected_packets; /* skbs of them: what `auto` tells a chatty pair from an idle one by */
 };
 
 /* Slots of the per-CPU counter array. */
@@ -31,9 +32,9 @@ enum spliced_counter {
 };
 
 #ifdef __cplusplus
-static_assert(sizeof(struct spliced_peer_value) == 24, "peer value ABI");
+static_assert(sizeof(struct spliced_peer_value) == 32, "peer value ABI");
 #else
-_Static_assert(sizeof(struct spliced_peer_value) == 24, "peer value ABI");
+_Static_assert(sizeof(struct spliced_peer_value) == 32, "peer value ABI");
 #endif
 
 #endif

@@ -2,7 +2,7 @@
 #include "app/app.hpp"
 #include "config/loader.hpp"
 #include "datapath/probe.hpp"
-#include "datapath/splice_pump.hpp"
+#include "datapath/pipe_pool.hpp"
 #include "log/log.hpp"
 #include "net/resolve.hpp"
 

@@ -146,7 +146,7 @@ daemon::daemon(config::config cfg) : s_(std::make_unique<state>(std::move(cfg)))
         spdlog::info("metrics on http://{}/metrics", s.cfg.metrics.listen.text());
     }
     const unsigned n = s.cfg.workers ? s.cfg.workers : std::max(1u, std::thread::hardware_concurrency());
-    s.workers.emplace(n, proxy::session_env{s.paths->engine(), s.access_log, &s.open, nullptr});
+    s.workers.emplace(n, proxy::session_env{nullptr, s.access_log, &s.open, nullptr}, s.paths->engine());
     s.workers->open(s.table);  // last: a start that fails before this binds no listen address
     log_listeners(s.table, n);
 }

@@ -14,8 +14,9 @@ namespace spliced::app {
 
 class workers {
 public:
-    // `env`: what every session gets (its `live` is set per worker).
-    workers(unsigned count, proxy::session_env env);
+    // `env`: what every session gets (its `live` and `data` are set per worker); `engine`: the sockmap engine,
+    // null when not loaded.
+    workers(unsigned count, proxy::session_env env, datapath::sockmap_engine* engine);
     ~workers();
     workers(const workers&) = delete;
     workers& operator=(const workers&) = delete;
@@ -52,7 +53,8 @@ public:
 
 private:
     struct worker;
-    void spawn_accept_loop(worker& w, const std::shared_ptr<listener_slot>& slot);
+    // On `w`'s thread (or before it runs): the slot's listener goes into `w`'s event core.
+    void start_accepting(worker& w, listener_slot& slot);
 
     std::vector<std::unique_ptr<worker>> workers_;
     std::atomic<std::uint64_t> next_id_{1};

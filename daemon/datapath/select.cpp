@@ -1,7 +1,7 @@
 // Which data path each route runs: the sockmap probe at start, and each route's plan.
 #include "datapath/select.hpp"
 
-#include "datapath/splice_pump.hpp"
+#include "datapath/pipe_pool.hpp"
 
 #include <spdlog/spdlog.h>
 #include <stdexcept>
@@ -62,15 +62,14 @@ plan selector::plan_for(const config::route& r, bool log) const {
     const std::string why = r.datapath == config::datapath_kind::auto_select
                                 ? (report_ ? report_->summary : std::string("sockmap not probed at start"))
                                 : std::string("configured ") + config::to_string(r.datapath);
-    // auto with sockmap usable: start each connection on splice, move it to sockmap once it is idle
-    // (short, bulk and busy request/response connections do better on splice).
-    const bool promote =
-        r.datapath == config::datapath_kind::auto_select && k == kind::sockmap && splice_available();
+    // auto with sockmap usable: each connection starts in userspace (copy, splice for bulk) and moves to
+    // sockmap once it idles; a parked pair that turns chatty or bulky goes back to userspace copy.
+    const bool promote = r.datapath == config::datapath_kind::auto_select && k == kind::sockmap;
     if (promote) {
-        k = kind::splice;
+        k = splice_available() ? kind::splice : kind::copy;
         if (log)
-            spdlog::info("route {}: datapath auto: splice first, then sockmap for connections that go idle ({})", r.name,
-                         why);
+            spdlog::info("route {}: datapath auto: userspace first ({}), sockmap for connections that go idle ({})",
+                         r.name, k == kind::splice ? "copy, splice for bulk" : "copy", why);
     } else if (log) {
         spdlog::info("route {}: datapath {} ({})", r.name, to_string(k), why);
     }

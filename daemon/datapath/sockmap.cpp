@@ -144,8 +144,8 @@ insert_outcome sockmap_engine::insert(int client_fd, int upstream_fd) {
 }
 
 engine_error sockmap_engine::add_peers(sockmap_pair& pair, bool& map_full) {
-    const spliced_peer_value to_upstream{pair.upstream_cookie, 0, 0};
-    const spliced_peer_value to_client{pair.client_cookie, 0, 0};
+    const spliced_peer_value to_upstream{pair.upstream_cookie, 0, 0, 0};
+    const spliced_peer_value to_client{pair.client_cookie, 0, 0, 0};
     const int peers = peers_fd();
     // A full hash map (or SOCKHASH) refuses a new key with E2BIG. The peer map goes first: the
     // SOCKHASH never holds more entries than it, so at capacity no socket enters the SOCKHASH.
@@ -181,16 +181,6 @@ engine_error sockmap_engine::add_sockets(int client_fd, int upstream_fd, sockmap
         ++pair.entries;
         entries_.fetch_add(1, std::memory_order_relaxed);
     }
-    // Only now, with both sockets in: a send buffer set by hand stays fixed for the socket's life
-    // (no autotuning after SO_SNDBUF), so a pair refused above keeps the size splice and copy want.
-    // Still gated: no redirect has run, so none was sent with the smaller buffer.
-    for (int fd : {client_fd, upstream_fd}) {
-        if (auto ec = sys::set_send_buffer(fd, egress_send_buffer)) {
-            entered_map = true;
-            remove(pair);
-            return {engine_step::send_buffer, ec};
-        }
-    }
     return {};
 }
 
@@ -212,6 +202,14 @@ std::error_code sockmap_engine::redirected(std::uint64_t cookie, std::uint64_t& 
     spliced_peer_value value{};
     if (int r = bpf_map_lookup_elem(peers_fd(), &cookie, &value); r != 0) return bpf_error(r);
     out = value.redirected_bytes;
+    return {};
+}
+
+std::error_code sockmap_engine::redirected(std::uint64_t cookie, std::uint64_t& bytes, std::uint64_t& packets) const {
+    spliced_peer_value value{};
+    if (int r = bpf_map_lookup_elem(peers_fd(), &cookie, &value); r != 0) return bpf_error(r);
+    bytes = value.redirected_bytes;
+    packets = value.redirected_packets;
     return {};
 }
 

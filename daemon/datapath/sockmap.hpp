@@ -31,7 +31,7 @@ struct sockmap_pair {
 enum class engine_step {
     open, size_maps, load, attach,                        // load()
     cookie, gate, tcp_info, not_established, queued_total, // insert(): before any map entry
-    peer_map, budget_map, sockhash_client, sockhash_upstream, send_buffer,
+    peer_map, budget_map, sockhash_client, sockhash_upstream,
 };
 struct engine_error {
     engine_step step = engine_step::open;
@@ -47,19 +47,11 @@ struct insert_outcome {
     sockmap_pair pair;
 };
 
-// Send buffer of both sockets of a pair in the map. The kworker that sends redirected bytes
-// (sk_psock_backlog) backs off a whole jiffy (4 ms at HZ=250) whenever the egress socket's send
-// buffer is full; with the autotuned default (4 MiB at most) a bulk transfer over a real
-// interface spends much of its time in that back-off (veth, one stream: ~5 Gbit/s at the
-// default, ~11 Gbit/s at 16 MiB, same run). 16 MiB covers more than a jiffy at line rate. It is
-// a ceiling, not an allocation: an idle connection uses none of it.
-inline constexpr int egress_send_buffer = 16 << 20;
-
 // Egress bound. The kernel gives the redirect path no backpressure: a sender can push bytes into
 // the peer's psock backlog far faster than the peer's reader takes them (measured: GBs within
 // seconds). Per direction, bytes redirected but not yet taken into the peer's send queue stay
 // under this limit: the verdict redirects only up to a ceiling, which userspace raises to "taken
-// so far + this limit" as it sees the peer take bytes (sockmap_path's egress check); a sender
+// so far + this limit" as it sees the peer take bytes (sockmap_path's check_egress); a sender
 // that outruns it has its direction demoted for good to userspace copy, whose writes block on
 // the peer's send buffer (counted: spliced_sockmap_demotions_total). Kernel memory of one
 // direction is thus at most this limit + the peer's send buffer + the receiving socket's
@@ -89,6 +81,8 @@ public:
 
     // Bytes the verdict has redirected from the socket with this cookie to its peer so far.
     std::error_code redirected(std::uint64_t cookie, std::uint64_t& out) const;
+    // The same, with the number of skbs they came in.
+    std::error_code redirected(std::uint64_t cookie, std::uint64_t& bytes, std::uint64_t& packets) const;
     // Lets the verdict redirect from the socket with this cookie until its redirected bytes reach
     // `ceiling` (see egress_backlog_limit); past it, that direction is demoted.
     std::error_code set_budget(std::uint64_t cookie, std::uint64_t ceiling);
@@ -129,7 +123,6 @@ struct enum_names<datapath::engine_step> {
                                       std::pair{step::peer_map, "peer map insert"},
                                       std::pair{step::budget_map, "budget map insert"},
                                       std::pair{step::sockhash_client, "SOCKHASH insert (client)"},
-                                      std::pair{step::sockhash_upstream, "SOCKHASH insert (upstream)"},
-                                      std::pair{step::send_buffer, "SO_SNDBUF"}};
+                                      std::pair{step::sockhash_upstream, "SOCKHASH insert (upstream)"}};
 };
 }  // namespace spliced::sys

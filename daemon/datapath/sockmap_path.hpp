@@ -1,38 +1,69 @@
-// Sockmap data path: the kernel redirects both directions; userspace only forwards FIN and demoted bytes.
+// The sockmap path: the verdict redirects each direction's skbs to the peer socket in the kernel; userspace
+// only hears of them (the wake-up after each redirect), keeps the egress bound, and forwards the FIN once
+// the peer took every byte.
 #pragma once
 
-#include "datapath/datapath.hpp"
+#include "datapath/direction.hpp"
 #include "datapath/sockmap.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
 
 namespace spliced::datapath {
 
-// Before insertion: forwards, in userspace, bytes already queued on `from`, so its receive window
-// is open when it enters the map. A nearly closed window makes the kernel run the verdict despite
-// the SO_RCVLOWAT gate, before the peer is in the map: a peer miss.
-// It stops only on an empty receive queue (EAGAIN, or a read shorter than the buffer, which
-// recvmsg returns only once it ran out of queued bytes): the verdict is handed whole skbs, so a
-// partly read skb left in the queue would have its read prefix redirected a second time. After
-// `soft_bound` bytes it stops at the next such point; a sender that keeps the queue non-empty
-// past `hard_bound` leaves it unclean, and the pair must not enter the map.
-struct forwarded {
-    std::uint64_t bytes = 0;  // forwarded to `to`
-    bool clean = true;        // false: `from` may hold a partly read skb; do not insert it
+// A pair's record while it is in the maps: a parked pair is this, its two sockets and its timers.
+struct sockmap_record {
+    using time_point = std::chrono::steady_clock::time_point;
+    // One direction, keyed by its receiving socket.
+    struct side {
+        std::uint64_t from_cookie = 0;
+        std::uint64_t to_inserted_total = 0;  // bytes_queued_total() of `to` at insertion
+        std::uint64_t to_base = 0;            // the same, less what userspace wrote to `to` before (and injected)
+        std::uint64_t budget_taken = 0;       // bytes `to` had taken when the egress ceiling was last raised
+        time_point last_egress_check{};
+        // While draining or in fin_wait: the peer's progress towards the target.
+        std::uint64_t last_queued = 0;
+        time_point last_progress{}, last_nudge{};
+        // The verdict's counters at the policy's last tick.
+        std::uint64_t seen_packets = 0, seen_bytes = 0;
+        // Demotion: the bytes userspace had read from `from` when it began (for the report).
+        std::uint64_t read_at_demotion = 0;
+        bool demoted = false;       // the verdict passes this direction to userspace
+        bool demote_asked = false;  // the policy set its ceiling to 0: no egress check may raise it again
+        bool woken = false;         // `from` had an event since its direction last looked
+    };
+    sockmap_pair maps;
+    side from_client, from_upstream;
+    std::uint32_t wakes = 0;  // redirect wake-ups since the policy's last tick
 };
-inline constexpr std::uint64_t forward_soft_bound = 4 << 20;
-inline constexpr std::uint64_t forward_hard_bound = 64 << 20;
-// A read error (a reset) or a failed write aborts the pair; a slow `to` is waited for with
-// wait_writable(), so a reset of `from` meanwhile ends the pair too (run it beside the idle watchdog).
-net::awaitable<forwarded> forward_queued(pair_state& p, net::tcp::socket& from, net::tcp::socket& to,
-                                         std::uint64_t soft_bound = forward_soft_bound,
-                                         std::uint64_t hard_bound = forward_hard_bound);
 
-// How often, at most, a pair's egress check raises a direction's ceiling (egress_backlog_limit).
+// What a socket in the map has for userspace: nothing (its bytes were redirected), bytes (the verdict passed
+// them: that direction was demoted), EOF, or an error (a reset: reported once, so the pair ends on it now).
+enum class peeked { nothing, bytes, eof, error };
+peeked peek(int fd);
+
+// The egress check, run on a redirect's wake-up (at most once per egress_check_interval): raises the
+// verdict's ceiling for this direction to what `to` has taken so far + egress_backlog_limit. The ceiling
+// only trails what `to` really took, so the bound holds however late this runs.
 inline constexpr auto egress_check_interval = std::chrono::milliseconds(1);
-// Send buffer of a socket once the direction into it is demoted to userspace copy.
-inline constexpr int demoted_send_buffer = 2 << 20;
+void check_egress(sockmap_engine& engine, sockmap_record::side& s, int to_fd, sockmap_record::time_point now);
 
-// Runs a pair already inserted by sockmap_engine::insert() (`maps`: its entries) until both
-// directions end or it aborts. The caller removes the pair from the maps afterwards.
-net::awaitable<void> run_sockmap(pair_state& p, sockmap_engine& engine, const sockmap_pair& maps);
+// How a drain stands: `to` has taken everything up to the target, or not yet, or never will.
+enum class drained { yes, not_yet, peer_gone, stranded, error };
+// Whether `to` has queued (taken into its send queue) at least `target` bytes in total. Redirected bytes wait
+// in `to`'s psock backlog until a kworker sends them; no syscall reports that backlog, so byte counters tell
+// when it is empty. No progress for stranded_after while `to`'s send queue is empty means the bytes are lost
+// in the kernel (`stranded` is how many); meanwhile the backlog is nudged every nudge_after (`nudges`).
+drained drain_check(sockmap_record::side& s, int to_fd, std::uint64_t target, sockmap_record::time_point now,
+                    std::uint64_t& stranded, std::uint32_t& nudges);
+
+// The target of the FIN drain, once `from` reached EOF: every byte `from` received is in `to`'s queued total
+// (to_base takes out what userspace consumed or injected). Unset when TCP_INFO fails.
+std::optional<std::uint64_t> fin_target(const sockmap_record::side& s, int from_fd);
+// The target of a demotion's drain: every byte the verdict redirected to `to` is in its queued total (final:
+// the verdict saw `from`'s skbs in order and passed the first one userspace is about to read only after
+// every redirected one).
+std::optional<std::uint64_t> redirected_target(const sockmap_engine& engine, const sockmap_record::side& s);
 
 }  // namespace spliced::datapath

@@ -31,6 +31,20 @@ inline address local_of(const tcp::socket& s) {
     return ec ? address() : from_endpoint(ep);
 }
 
+// The same for a socket descriptor.
+inline address peer_of(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    return ::getpeername(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 ? address::from(reinterpret_cast<sockaddr*>(&ss))
+                                                                          : address();
+}
+inline address local_of(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    return ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) == 0 ? address::from(reinterpret_cast<sockaddr*>(&ss))
+                                                                          : address();
+}
+
 }  // namespace spliced::net
 
 // "1.2.3.4:80" / "[::1]:80" for endpoints in log lines.

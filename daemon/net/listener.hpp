@@ -20,6 +20,8 @@ public:
     virtual void release() = 0;
     // Returns once there may be room (or at `deadline`).
     virtual awaitable<void> wait_for_room(std::chrono::steady_clock::time_point deadline) = 0;
+    // Calls `f` once, from any thread, when there may be room.
+    virtual void call_when_room(std::function<void()> f) = 0;
 
 protected:
     ~admit_gate() = default;

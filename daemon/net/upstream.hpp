@@ -4,8 +4,10 @@
 #include "net/address.hpp"
 #include "sys/enum_names.hpp"
 #include "net/asio.hpp"
+#include "net/core_socket.hpp"
 
 #include <chrono>
+#include <memory>
 #include <optional>
 
 namespace spliced::net {
@@ -42,8 +44,23 @@ struct connect_outcome {
 // socket, it waits for one within `timeout`, then gives up with connect_error::local.
 awaitable<connect_outcome> connect_upstream(const address& addr, std::chrono::milliseconds timeout);
 
+struct core_connect_outcome {
+    std::unique_ptr<core_socket> socket;  // set on success: connected, in the core
+    connect_error reason = connect_error::other;
+    boost::system::error_code error;
+};
+
+// Connects to `addr` in the calling worker's event core, giving up after `timeout`: a non-blocking socket
+// (TCP_NODELAY and SO_OOBINLINE set before the connect, so the connection has them from its first byte),
+// registered once; EPOLLOUT without an error means connected (no poll(), no SO_ERROR: that is read only
+// when the connect failed, for the reason). Out of descriptors it waits for one as connect_upstream() does.
+awaitable<core_connect_outcome> connect_in_core(event_core& core, const address& addr, std::chrono::milliseconds timeout);
+
 // Sessions (process-wide) waiting for a descriptor to open their upstream socket. While there are
 // any, the accept loops hold off: a client accepted now would only take the descriptor they need.
 int sessions_awaiting_descriptor();
+// Something (an accept, an upstream socket) ran out of descriptors; whether that happened within the last second.
+void note_descriptor_shortage();
+bool descriptors_short_lately();
 
 }  // namespace spliced::net

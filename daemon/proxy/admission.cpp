@@ -21,11 +21,26 @@ void admission::release() {
 
 void admission::wake_waiting() {
     std::vector<std::shared_ptr<net::wakeup>> wake;
+    std::vector<std::function<void()>> calls;
     {
         std::lock_guard lock(mutex_);
         wake.swap(waiting_);
+        calls.swap(room_calls_);
     }
     for (auto& w : wake) w->wake();
+    for (auto& f : calls) f();
+}
+
+void admission::call_when_room(std::function<void()> f) {
+    {
+        std::lock_guard lock(mutex_);
+        // Checked under the lock that release() takes (see wait_for_room).
+        if (open_.load(std::memory_order_acquire) >= limit_.load(std::memory_order_relaxed)) {
+            room_calls_.push_back(std::move(f));
+            return;
+        }
+    }
+    f();
 }
 
 net::awaitable<void> admission::wait_for_room(std::chrono::steady_clock::time_point deadline) {

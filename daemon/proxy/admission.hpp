@@ -22,6 +22,7 @@ public:
     void release() override;
     // On the caller's executor: returns once there may be room (check with try_admit()), or at `deadline`.
     net::awaitable<void> wait_for_room(std::chrono::steady_clock::time_point deadline) override;
+    void call_when_room(std::function<void()> f) override;
     // A reload's new max_connections; connections over a lowered limit run on, new ones wait.
     void set_limit(std::uint32_t limit);
 
@@ -32,6 +33,7 @@ private:
     std::atomic<std::uint32_t> open_{0};
     std::mutex mutex_;
     std::vector<std::shared_ptr<net::wakeup>> waiting_;
+    std::vector<std::function<void()>> room_calls_;
 };
 
 }  // namespace spliced::proxy

@@ -7,7 +7,8 @@
 
 namespace spliced::proxy {
 
-net::awaitable<connected> connect_any(route_runtime& route, std::uint64_t id, const client_key& client) {
+net::awaitable<connected> connect_any(net::event_core& core, route_runtime& route, std::uint64_t id,
+                                     const client_key& client) {
     connected out;
     backend_pool::request request{client, {}, false};
     for (std::size_t attempt = 0; attempt < route.pool->size(); ++attempt) {
@@ -23,7 +24,7 @@ net::awaitable<connected> connect_any(route_runtime& route, std::uint64_t id, co
         const std::size_t index = got.slot.index();
         const auto& backend = pool.backend(index);
         const auto started = std::chrono::steady_clock::now();
-        auto attempt_outcome = co_await net::connect_upstream(backend.addr, route.cfg.timeouts.connect);
+        auto attempt_outcome = co_await net::connect_in_core(core, backend.addr, route.cfg.timeouts.connect);
         if (attempt_outcome.socket) {
             route.metrics.connect_time.observe(
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count());

@@ -3,20 +3,22 @@
 #pragma once
 
 #include "net/asio.hpp"
+#include "net/core_socket.hpp"
 #include "proxy/backend_pool.hpp"
 #include "proxy/route.hpp"
 
 #include <cstdint>
-#include <optional>
+#include <memory>
 
 namespace spliced::proxy {
 
 struct connected {
     enum class outcome { connected, queue_timeout, no_backend } result = outcome::no_backend;
-    std::optional<net::tcp::socket> socket;  // when connected
+    std::unique_ptr<net::core_socket> socket;  // when connected: in the worker's event core
     backend_pool::lease slot;                // its place on the backend (a pool of the route's newest table)
 };
 
-net::awaitable<connected> connect_any(route_runtime& route, std::uint64_t id, const client_key& client);
+net::awaitable<connected> connect_any(net::event_core& core, route_runtime& route, std::uint64_t id,
+                                     const client_key& client);
 
 }  // namespace spliced::proxy

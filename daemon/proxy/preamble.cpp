@@ -5,7 +5,6 @@
 #include "sys/socket.hpp"
 
 #include <cerrno>
-#include <poll.h>
 #include <sys/socket.h>
 #include <vector>
 
@@ -22,14 +21,13 @@ constexpr std::size_t max_hello_bytes = 64 * 1024;
 enum class peeked { more, eof, error, timeout, stuck };
 
 // Waits until the client has more than `have` bytes queued, then peeks up to `cap` of them into `buf`.
-// Nothing is consumed: SO_RCVLOWAT (have + 1) keeps the readiness wait from waking for bytes already
-// seen, so a slow client costs no spinning.
-net::awaitable<peeked> peek_more(net::tcp::socket& s, std::vector<std::uint8_t>& buf, std::size_t have,
-                                 std::size_t cap, net::asio::steady_timer& deadline) {
-    const int fd = s.native_handle();
-    for (bool woken = false;; woken = true) {
+// Nothing is consumed. The socket's registration is edge-triggered: a peek that shows nothing new clears
+// its readiness, and the next arrival sets it again, so a slow client costs no spinning.
+net::awaitable<peeked> peek_more(net::core_socket& s, std::vector<std::uint8_t>& buf, std::size_t have,
+                                 std::size_t cap, std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
         buf.resize(cap);
-        const ssize_t n = ::recv(fd, buf.data(), cap, MSG_PEEK | MSG_DONTWAIT);
+        const ssize_t n = ::recv(s.fd(), buf.data(), cap, MSG_PEEK | MSG_DONTWAIT);
         if (n > static_cast<ssize_t>(have)) {
             buf.resize(static_cast<std::size_t>(n));
             co_return peeked::more;
@@ -37,24 +35,15 @@ net::awaitable<peeked> peek_more(net::tcp::socket& s, std::vector<std::uint8_t>&
         if (n == 0) co_return peeked::eof;
         if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) co_return peeked::error;
         if (n == static_cast<ssize_t>(have) && have > 0) {
-            // Nothing new: an end (FIN) after a partial preamble also lands here.
-            pollfd p{fd, POLLRDHUP, 0};
-            if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) co_return peeked::eof;
-            // Woken, yet nothing new to peek: stuck at an urgent mark only if more is queued than the peek
-            // shows (SO_OOBINLINE: SIOCINQ counts past the mark). Else the wake-up was an event that came
-            // before this wait (a byte seen by the last peek): wait again.
-            int queued = 0;
-            if (woken && !sys::receive_queue_bytes(fd, queued) && queued > static_cast<int>(have))
-                co_return peeked::stuck;
+            // Nothing new: an end (FIN) after a partial preamble, or an urgent mark the peek stops at.
+            if (s.failed()) co_return peeked::error;
+            if (s.peer_closed() || s.hung_up()) co_return peeked::eof;
+            if (s.urgent()) co_return peeked::stuck;
         }
         if (have >= cap) co_return peeked::more;  // full: the caller decides
-        sys::set_rcvlowat(fd, static_cast<int>(have + 1));
-        using namespace net::asio::experimental::awaitable_operators;
-        auto result = co_await (s.async_wait(net::tcp::socket::wait_read, net::use_tuple) ||
-                                deadline.async_wait(net::use_tuple));
-        sys::set_rcvlowat(fd, 1);
-        if (result.index() == 1) co_return peeked::timeout;
-        auto [ec] = std::get<0>(result);
+        s.read_drained();                          // everything queued has been seen
+        auto [ec] = co_await s.async_wait(EPOLLIN, deadline, net::use_tuple);
+        if (ec == net::asio::error::timed_out) co_return peeked::timeout;
         if (ec) co_return peeked::error;
     }
 }
@@ -72,7 +61,8 @@ bool discard(int fd, std::size_t n) {
     return true;
 }
 
-net::awaitable<void> read_proxy_header(net::tcp::socket& client, net::asio::steady_timer& deadline, preamble& out) {
+net::awaitable<void> read_proxy_header(net::core_socket& client, std::chrono::steady_clock::time_point deadline,
+                                      preamble& out) {
     proxy_header_parser parser;
     std::vector<std::uint8_t> buf;
     std::size_t have = 0;
@@ -103,7 +93,7 @@ net::awaitable<void> read_proxy_header(net::tcp::socket& client, net::asio::stea
         }
     }
     out.consumed = parser.header_size();
-    if (!discard(client.native_handle(), out.consumed)) {
+    if (!discard(client.fd(), out.consumed)) {
         out.result = preamble::outcome::closed;
         co_return;
     }
@@ -113,7 +103,8 @@ net::awaitable<void> read_proxy_header(net::tcp::socket& client, net::asio::stea
 // Sets out.server_name when a complete ClientHello names one; anything else (not TLS, malformed, cut
 // short, too large, too slow) leaves it unset, for the default route. A client gone before sending
 // anything ends the preamble as closed.
-net::awaitable<void> peek_client_hello(net::tcp::socket& client, net::asio::steady_timer& deadline, preamble& out) {
+net::awaitable<void> peek_client_hello(net::core_socket& client, std::chrono::steady_clock::time_point deadline,
+                                      preamble& out) {
     client_hello_parser parser;
     std::vector<std::uint8_t> buf;
     std::size_t have = 0;
@@ -136,9 +127,9 @@ net::awaitable<void> peek_client_hello(net::tcp::socket& client, net::asio::stea
 
 }  // namespace
 
-net::awaitable<preamble> read_preamble(net::tcp::socket& client, const listener_routes& listener) {
+net::awaitable<preamble> read_preamble(net::core_socket& client, const listener_routes& listener) {
     preamble out;
-    net::asio::steady_timer deadline(co_await net::asio::this_coro::executor, listener.handshake);
+    const auto deadline = std::chrono::steady_clock::now() + listener.handshake;
     if (listener.accept_proxy_protocol) {
         co_await read_proxy_header(client, deadline, out);
         if (out.result != preamble::outcome::ok) co_return out;

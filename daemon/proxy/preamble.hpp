@@ -2,6 +2,7 @@
 #pragma once
 
 #include "net/asio.hpp"
+#include "net/core_socket.hpp"
 #include "proxy/client_hello.hpp"
 #include "proxy/proxy_protocol.hpp"
 
@@ -29,6 +30,6 @@ struct preamble {
 // read and removed from the stream; a ClientHello is only peeked at (it goes to the backend as it
 // came, like everything after it). A client that is not TLS, has no SNI, sends too much or is too
 // slow to finish a ClientHello is not an error here: it goes to the default route.
-net::awaitable<preamble> read_preamble(net::tcp::socket& client, const listener_routes& listener);
+net::awaitable<preamble> read_preamble(net::core_socket& client, const listener_routes& listener);
 
 }  // namespace spliced::proxy

@@ -19,7 +19,11 @@ void session_registry::remove(entry& e) {
 
 std::size_t session_registry::cut_all() {
     std::size_t n = 0;
-    for (entry* e = head_; e; e = e->next_, ++n) e->cut();  // cut() only cancels: nothing leaves the list
+    for (entry* e = head_; e; ++n) {
+        entry* next = e->next_;  // a session cut may end (and leave the list) at once
+        e->cut();
+        e = next;
+    }
     return n;
 }
 
@@ -29,7 +33,11 @@ void session_registry::report_all() {
 
 std::size_t session_registry::finish_all() {
     std::size_t n = 0;
-    for (entry* e = head_; e; e = e->next_, ++n) e->finish_cut();
+    for (entry* e = head_; e; ++n) {
+        entry* next = e->next_;  // a session its pair owned goes at once
+        e->finish_cut();
+        e = next;
+    }
     return n;
 }
 

@@ -12,9 +12,11 @@ public:
     // What the registry knows of a session.
     class entry {
     public:
-        // Asks the session to end now, as cut short: it resets both sides and logs `end=shutdown`.
+        // Asks the session to end now, as cut short: it resets both sides and logs `end=shutdown` (at once once
+        // its pair runs; a session still being set up ends within its timeouts).
         virtual void cut() = 0;
-        // The same, done at once: for sessions left when the worker has stopped and runs nothing.
+        // The same, done at once: for sessions left when the worker has stopped and runs nothing. A session its
+        // pair owned is destroyed by it.
         virtual void finish_cut() = 0;
         // Adds the bytes moved since the last call to the route's byte counters (open connections
         // are counted periodically, not only when they end).

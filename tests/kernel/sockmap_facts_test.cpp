@@ -1,7 +1,8 @@
 // The kernel facts the sockmap path is built around, each checked on real loopback sockets
 // through sockmap_engine: every case fails if spliced's handling of that fact is removed.
 #include "datapath/sockmap.hpp"
-#include "datapath/sockmap_path.hpp"
+#include "datapath/copy_path.hpp"
+#include "net/core_socket.hpp"
 #include "sys/fd.hpp"
 #include "sys/socket.hpp"
 
@@ -9,7 +10,7 @@
 #include <atomic>
 #include <climits>
 #include <bpf/bpf.h>
-#include <boost/asio/detached.hpp>
+#include <array>
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <cstring>
@@ -155,22 +156,37 @@ struct proxied {
     conn upstream = net.connect();
 };
 
-// forward_queued() from the client's proxy socket to the upstream's, with a soft bound of `soft_bound` bytes.
-datapath::forwarded forward_now(const proxied& p, std::uint64_t soft_bound) {
+// A direction of the userspace path on the proxy's two sockets (duplicates of them, in an event core of
+// their own): what runs on a pair before it enters the map.
+struct userspace_direction {
     net::asio::io_context io;
-    net::tcp::socket from(io, net::tcp::v4(), ::dup(p.client.inner.get()));
-    net::tcp::socket to(io, net::tcp::v4(), ::dup(p.upstream.outer.get()));
-    from.non_blocking(true);
-    to.non_blocking(true);
-    datapath::forwarded f;
-    datapath::pair_state pair(from, to, std::chrono::hours(1));
-    auto run = [](datapath::pair_state& pair, datapath::forwarded& f, std::uint64_t bound) -> net::awaitable<void> {
-        f = co_await datapath::forward_queued(pair, pair.client, pair.upstream, bound);
-    };
-    net::asio::co_spawn(io, run(pair, f, soft_bound), net::asio::detached);
-    io.run();
-    return f;
-}
+    net::event_core core{io};
+    net::core_socket from, to;
+    datapath::direction d{from, to};
+    std::array<char, datapath::copy_buffer_size> buffer{};
+    userspace_direction(int from_fd, int to_fd)
+        : from(core, sys::unique_fd(::dup(from_fd))), to(core, sys::unique_fd(::dup(to_fd))) {
+        REQUIRE(from.ok());
+        REQUIRE(to.ok());
+        core.turn(0);  // the registrations' events: readiness latched
+    }
+    // One copy read.
+    datapath::step read_once() {
+        std::size_t budget = SIZE_MAX;
+        return datapath::copy_read(d, buffer, budget);
+    }
+    // Copies until the direction is parked: its last read ran the receive queue dry (on an skb boundary).
+    void copy_until_parked() {
+        const auto deadline = clock_type::now() + std::chrono::seconds(5);
+        while (!d.parked()) {
+            REQUIRE(clock_type::now() < deadline);
+            const auto s = read_once();
+            REQUIRE((s == datapath::step::go_on || s == datapath::step::blocked));
+            REQUIRE_FALSE(d.eof);
+            if (s == datapath::step::blocked) core.turn(10);
+        }
+    }
+};
 
 }  // namespace
 
@@ -185,24 +201,34 @@ TEST_CASE("bytes a client sent before its socket entered the map are delivered (
     engine().remove(ins.pair);
 }
 
-TEST_CASE("both sockets of a pair get a send buffer past the autotuned ceiling (the redirect backlog backs off a jiffy when it is full)") {
+TEST_CASE("inserting a pair fixes no send buffer: the kernel's autotuning bounds what a slow reader pins") {
+    // A send buffer set by hand stays fixed for the socket's life; a 16 MiB one held 37 MB per slow reader.
     proxied p;
-    int before = 0;
-    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), before));
-    REQUIRE(before < 2 * datapath::egress_send_buffer);
+    int client_before = 0, upstream_before = 0;
+    REQUIRE_FALSE(sys::send_buffer(p.client.inner.get(), client_before));
+    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), upstream_before));
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     REQUIRE_FALSE(ins.error);
-    for (int fd : {p.client.inner.get(), p.upstream.outer.get()}) {
-        int size = 0;
-        REQUIRE_FALSE(sys::send_buffer(fd, size));
-        CHECK(size >= 2 * datapath::egress_send_buffer);  // the kernel reports twice the value set
-    }
+    int client_after = 0, upstream_after = 0;
+    REQUIRE_FALSE(sys::send_buffer(p.client.inner.get(), client_after));
+    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), upstream_after));
+    CHECK(client_after == client_before);
+    CHECK(upstream_after == upstream_before);
+    // Still autotuned: a transfer grows it, up to tcp_wmem's ceiling.
+    unbounded(ins.pair);
+    const auto data = pattern(8 << 20, 6);
+    std::thread writer([&] { send_all(p.client.outer.get(), data); });
+    CHECK(read_for(p.upstream.inner.get(), data.size(), std::chrono::milliseconds(10000)) == data);
+    writer.join();
+    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), upstream_after));
+    CHECK(upstream_after > upstream_before);
     engine().remove(ins.pair);
 }
 
 TEST_CASE("an skb partly read by userspace before insertion is redirected whole: its read prefix goes out twice") {
-    // This is why forward_queued() only stops on an empty receive queue (a short read), never
-    // in the middle of the queued bytes: the kernel's tcp_read_skb() hands the verdict whole skbs.
+    // This is why a pair enters the map only once both directions are parked (their last read ran the
+    // queue dry), never in the middle of the queued bytes: the kernel's tcp_read_skb() hands the verdict
+    // whole skbs.
     proxied p;
     const auto data = pattern(16000, 7);  // one write, one skb on loopback
     send_all(p.client.outer.get(), data);
@@ -218,16 +244,17 @@ TEST_CASE("an skb partly read by userspace before insertion is redirected whole:
     engine().remove(ins.pair);
 }
 
-TEST_CASE("forward_queued stops only where the receive queue ran dry, so the pair enters the map on an skb boundary") {
+TEST_CASE("a direction is parked only where the receive queue ran dry, so the pair enters the map on an skb boundary") {
     proxied p;
-    // Several skbs queued; a bound of 1 byte stops at the first 64 KiB read unless it waits for the short read.
     const auto data = pattern(300000, 8);
     send_all(p.client.outer.get(), data);
     // More than one 64 KiB read is queued (all of it, or as much as the receive window takes).
     REQUIRE(until([&] { return outq(p.client.outer.get()) == 0 || inq(p.client.inner.get()) > 64 * 1024; }));
-    const auto f = forward_now(p, 1);
-    CHECK(f.clean);
-    CHECK(f.bytes > 64 * 1024);  // read on past the bound to where the queue ran dry, not one 64 KiB read
+    userspace_direction u(p.client.inner.get(), p.upstream.outer.get());
+    REQUIRE(u.read_once() == datapath::step::go_on);  // filled the copy buffer: more may be queued
+    CHECK_FALSE(u.d.parked());
+    u.copy_until_parked();
+    CHECK(u.d.read > 64 * 1024);  // read on to where the queue ran dry, not one 64 KiB read
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     REQUIRE_FALSE(ins.error);
     const auto tail = pattern(5000, 9);
@@ -484,34 +511,10 @@ TEST_CASE("raising a direction's egress ceiling as the peer takes bytes keeps a 
     engine().remove(ins.pair);
 }
 
-TEST_CASE("a pair the maps refuse keeps the send buffers it had: the 16 MiB fixed size is set only once both are in") {
-    // A send buffer set by hand stays fixed for the socket's life (no autotuning afterwards): a pair
-    // that goes to splice or copy after a refused insert must not keep the sockmap path's size.
-    proxied p;
-    int client_before = 0, upstream_before = 0;
-    REQUIRE_FALSE(sys::send_buffer(p.client.inner.get(), client_before));
-    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), upstream_before));
-    // Refuse the insert at the peer map: an entry for the client's cookie is there already.
-    const std::uint64_t cookie = cookie_of(p.client.inner.get());
-    spliced_peer_value stale{1, 0, 0};
-    REQUIRE(bpf_map_update_elem(engine().peers_fd(), &cookie, &stale, BPF_NOEXIST) == 0);
-    auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
-    bpf_map_delete_elem(engine().peers_fd(), &cookie);
-    REQUIRE(ins.error);
-    CHECK_FALSE(ins.entered_map);
-    int client_after = 0, upstream_after = 0;
-    REQUIRE_FALSE(sys::send_buffer(p.client.inner.get(), client_after));
-    REQUIRE_FALSE(sys::send_buffer(p.upstream.outer.get(), upstream_after));
-    CHECK(client_after == client_before);
-    CHECK(upstream_after == upstream_before);
-    CHECK(client_after < 2 * datapath::egress_send_buffer);
-}
-
-TEST_CASE("with SO_OOBINLINE, forward_queued reads through an urgent mark, so no read prefix of an skb is redirected twice") {
-    // recvmsg stops short at an urgent mark with bytes still queued behind it; taken for an empty
-    // queue, that short read would leave a partly read skb for the verdict, which redirects skbs
-    // whole (see the case above). SO_OOBINLINE keeps the urgent byte in the stream and makes
-    // SIOCINQ count what is left, so forward_queued knows it is not at an skb boundary.
+TEST_CASE("recv stops short at an urgent mark; EPOLLPRI says so, and the direction reads on through it before it is parked") {
+    // A read cut short at the mark, taken for an empty queue, would leave a partly read skb for the verdict,
+    // which redirects skbs whole (see the case above). SO_OOBINLINE keeps the urgent byte in the stream; the
+    // mark's EPOLLPRI keeps the direction reading until EAGAIN.
     proxied p;
     for (int fd : {p.client.inner.get(), p.upstream.outer.get(), p.upstream.inner.get()})
         REQUIRE_FALSE(sys::set_oob_inline(fd));
@@ -521,9 +524,13 @@ TEST_CASE("with SO_OOBINLINE, forward_queued reads through an urgent mark, so no
     send_all(p.client.outer.get(), tail);
     // All of it in the receive queue, coalesced into few skbs.
     REQUIRE(until([&] { return inq(p.client.inner.get()) == static_cast<int>(head.size() + 1 + tail.size()); }));
-    const auto f = forward_now(p, 1);
-    CHECK(f.clean);
-    CHECK(f.bytes == head.size() + 1 + tail.size());
+    userspace_direction u(p.client.inner.get(), p.upstream.outer.get());
+    CHECK(u.from.urgent());
+    REQUIRE(u.read_once() == datapath::step::go_on);
+    CHECK(u.d.read == head.size());  // cut short at the mark, with bytes queued behind it
+    CHECK_FALSE(u.d.parked());
+    u.copy_until_parked();
+    CHECK(u.d.read == head.size() + 1 + tail.size());
     auto ins = engine().insert(p.client.inner.get(), p.upstream.outer.get());
     REQUIRE_FALSE(ins.error);
     const auto more = pattern(5000, 23);
