@@ -180,6 +180,8 @@ std::size_t workers::stop() {
     // each with a reset and its access-log line.
     std::size_t left = 0;
     for (auto& w : workers_) left += w->live.finish_all();
+    // Their setup coroutines, suspended on a socket, go with the io_context (see abandon_waits).
+    for (auto& w : workers_) w->core->abandon_waits();
     return left;
 }
 

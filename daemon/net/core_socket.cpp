@@ -10,7 +10,10 @@ core_socket::core_socket(event_core& core, sys::unique_fd fd) : core_(core), fd_
     registered_ = fd_ && !core_.add(fd_.get(), *this, registered_events);
 }
 
-core_socket::~core_socket() { close(); }
+core_socket::~core_socket() {
+    if (waiter_) core_.wait_ended(*this);  // destroyed with its waiter (the frame it would resume is going)
+    close();
+}
 
 void core_socket::on_io(std::uint32_t events) {
     if (!fd_) return;  // closed earlier in this batch of events
@@ -31,6 +34,7 @@ bool core_socket::wait_satisfied() const {
 void core_socket::start_wait(std::uint32_t want, clock::time_point deadline, std::unique_ptr<waiter> w) {
     want_ = want;
     waiter_ = std::move(w);
+    core_.waits_on(*this);
     if (wait_satisfied()) {
         finish_wait({});  // completes through the handler's executor, never inside the initiation
         return;
@@ -42,6 +46,7 @@ void core_socket::start_wait(std::uint32_t want, clock::time_point deadline, std
 
 void core_socket::finish_wait(const boost::system::error_code& ec) {
     deadline_.reset();
+    core_.wait_ended(*this);
     auto w = std::move(waiter_);
     w->complete(ec);
     core_.asio_work_pending();

@@ -2,6 +2,8 @@
 // worker's loop, which runs the worker's Asio io_context too.
 #include "net/event_core.hpp"
 
+#include "net/core_socket.hpp"
+
 #include <boost/asio/detail/epoll_reactor.hpp>
 #include <cerrno>
 #include <cstring>
@@ -187,6 +189,12 @@ void event_core::turn(int max_wait_ms) {
         io_.poll();
         destroy_retired();
     }
+}
+
+void event_core::abandon_waits() {
+    const std::vector<core_socket*> sockets(waiting_.begin(), waiting_.end());
+    for (core_socket* s : sockets) s->cancel();  // each leaves waiting_
+    waiting_.clear();
 }
 
 void event_core::run() {

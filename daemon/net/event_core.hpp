@@ -14,11 +14,13 @@
 #include <mutex>
 #include <sys/epoll.h>
 #include <system_error>
+#include <unordered_set>
 #include <vector>
 
 namespace spliced::net {
 
 class event_core;
+class core_socket;
 
 // What the core calls when a registered descriptor has events, on the core's thread.
 class io_handler {
@@ -77,6 +79,14 @@ public:
     // Asio handlers were queued from outside Asio (a completion, a co_spawn): run them this turn.
     void asio_work_pending() { asio_pending_ = true; }
 
+    // Sockets a coroutine waits on (core_socket keeps this up to date).
+    void waits_on(core_socket& s) { waiting_.insert(&s); }
+    void wait_ended(core_socket& s) { waiting_.erase(&s); }
+    // After the loop stopped for good: every coroutine still waiting on a socket (a session in its connect, say)
+    // gets operation_aborted through Asio, whose io_context then destroys it with its frame; a wait held by the
+    // socket alone would keep the frame, and the session in it, alive for ever.
+    void abandon_waits();
+
     // The worker's loop, until stop(): epoll, timers, posted work, Asio's handlers.
     void run();
     // One turn of it, waiting at most `max_wait_ms` for events (-1: until the next timer or event); what
@@ -105,6 +115,7 @@ private:
     timers::clock::time_point now_ = timers::clock::now();
     std::vector<io_handler*> again_, again_running_;
     retirable* retired_ = nullptr;
+    std::unordered_set<core_socket*> waiting_;
     bool asio_pending_ = false;
     std::atomic<bool> stopped_{false};
     std::mutex posted_mutex_;

@@ -660,10 +660,20 @@ TEST_CASE("with sockmap.capacity 4, twenty connections held open all echo intact
     const int ran_sockmap = ran_on("sockmap"), ran_splice = ran_on("splice"), ran_copy = ran_on("copy");
     INFO("access log: sockmap " << ran_sockmap << ", splice " << ran_splice << ", copy " << ran_copy);
     CHECK(ran_sockmap + ran_splice + ran_copy == conns_n + 1);
-    if (uses_maps()) {
+    if (datapath() == "sockmap") {
         CHECK(ran_sockmap == capacity + 1);
         CHECK(ran_splice == conns_n - capacity);
         CHECK(ran_copy == 0);
+    } else if (on_auto) {
+        // The promoted pairs' 1 MiB echo may make them bulky within one of auto's ticks: those go back to
+        // userspace copy (splice+sockmap+copy). Either way exactly the promoted ones ran on sockmap.
+        std::ifstream in(d.process().log_path());
+        int entered = 0;
+        for (std::string line; std::getline(in, line);)
+            entered += line.find(" end=") != std::string::npos && line.find("+sockmap") != std::string::npos;
+        CHECK(entered == static_cast<int>(capacity) + 1);
+        CHECK(ran_sockmap + ran_copy == static_cast<int>(capacity) + 1);
+        CHECK(ran_splice == conns_n - static_cast<int>(capacity));
     }
     CHECK(d.process().stop(20s) == 0);
     std::cout << "[" << datapath() << "] sockmap capacity " << capacity << " connections (" << 2 * capacity

@@ -257,6 +257,34 @@ TEST_CASE("a reset at each step ends the pair at once as that side's reset, and 
             const auto got = r.read(r.backend(), SIZE_MAX, 3000ms);
             CHECK(got.error == ECONNRESET);
         }
+        SECTION(std::string(name) + ", the client resets after its own FIN, once its answer went out: the "
+                                    "backend's FIN then ends the pair completed; bytes sent after it meet the reset") {
+            // A TLS client that half-closes, reads its answer and closes resets when the backend's close_notify
+            // arrives: nothing of either stream was lost.
+            for (const bool more_after : {false, true}) {
+                rig r;
+                r.engage(plan);
+                REQUIRE(::shutdown(r.client(), SHUT_WR) == 0);
+                REQUIRE(r.read(r.backend(), 1).eof);
+                r.send_all(r.backend(), "answer");
+                REQUIRE(r.read(r.client(), 6).bytes == "answer");
+                reset(r.client_end);
+                for (int i = 0; i < 20; ++i) r.turn(1);
+                CHECK_FALSE(r.ended());  // its direction is done: the reset waits for what the backend does
+                if (more_after) {
+                    for (int i = 0; i < 50 && !r.ended(); ++i) {
+                        ::send(r.backend(), "more", 4, MSG_DONTWAIT | MSG_NOSIGNAL);
+                        r.turn(1);
+                    }
+                    REQUIRE(r.until([&] { return r.ended(); }));
+                    CHECK(r.reason() == end_reason::client_reset);
+                } else {
+                    REQUIRE(::shutdown(r.backend(), SHUT_WR) == 0);
+                    REQUIRE(r.until([&] { return r.ended(); }));
+                    CHECK(r.reason() == end_reason::completed);
+                }
+            }
+        }
         SECTION(std::string(name) + ", the backend resets after the client's FIN went on") {
             rig r;
             r.engage(plan);
