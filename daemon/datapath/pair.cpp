@@ -30,9 +30,10 @@ constexpr auto promote_backoff_max = 1000ms;
 constexpr auto policy_tick = 100ms;
 constexpr std::uint64_t chatty_packets = 8;
 constexpr std::uint64_t bulky_bytes = 1 << 20;
-// Drains (a demotion's, the FIN's) look again after this, doubling up to the most.
+// Drains (a demotion's, the FIN's) look again after this, doubling up to the most: a peer that reads nothing
+// costs 10 wake-ups a second, not a poll.
 constexpr auto drain_pause_min = 1ms;
-constexpr auto drain_pause_max = 20ms;
+constexpr auto drain_pause_max = 100ms;
 
 // How often the idle check samples the kernel's byte counters while userspace cannot see progress itself.
 std::chrono::milliseconds idle_sample(std::chrono::milliseconds idle) { return std::max(1ms, idle / 4); }
