@@ -68,20 +68,20 @@ event_core::~event_core() {
 
 event_core* event_core::current() { return this_thread_core; }
 
-std::error_code event_core::add(int fd, io_handler& h, std::uint32_t events) {
+std::error_code event_core::control(int op, int fd, io_handler& h, std::uint32_t events) {
     epoll_event ev{};
     ev.events = events;
     ev.data.ptr = &h;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, fd, &ev) != 0) return {errno, std::system_category()};
+    if (::epoll_ctl(epoll_.get(), op, fd, &ev) != 0) return {errno, std::system_category()};
     return {};
 }
 
+std::error_code event_core::add(int fd, io_handler& h, std::uint32_t events) {
+    return control(EPOLL_CTL_ADD, fd, h, events);
+}
+
 std::error_code event_core::modify(int fd, io_handler& h, std::uint32_t events) {
-    epoll_event ev{};
-    ev.events = events;
-    ev.data.ptr = &h;
-    if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, fd, &ev) != 0) return {errno, std::system_category()};
-    return {};
+    return control(EPOLL_CTL_MOD, fd, h, events);
 }
 
 void event_core::forget(int fd) {

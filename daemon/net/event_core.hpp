@@ -99,6 +99,7 @@ public:
     asio::io_context& io() { return io_; }
 
 private:
+    std::error_code control(int op, int fd, io_handler& h, std::uint32_t events);  // epoll_ctl ADD or MOD
     void drain_posted();
     void handle_batch(const epoll_event* events, int n, bool& asio_ready);
     void run_again_list();
