@@ -146,6 +146,7 @@ step pair::run_direction(direction& d, std::size_t& budget) {
             const bool could_splice = d.may_splice;
             const step s = run_userspace(d, w_.pipes, *w_.buffer, budget);
             if (could_splice && !d.may_splice) report_.paths.ran_on(kind::copy);  // no pipe to be had
+            if (s == step::eof && map_ && !fin_complete(d)) return step::blocked;
             return s;
         }
         const step s = run_in_map(d);
@@ -274,20 +275,21 @@ step pair::run_in_map(direction& d) {
     if (d.from->readable()) {
         switch (peek(d.from->fd())) {
         case peeked::nothing: d.from->read_would_block(); break;
-        case peeked::bytes:
-            // The verdict passed them: this direction was demoted (a peer miss, the egress bound, or the
-            // policy), for good. Userspace copies them once the peer took every byte redirected before.
-            owner_.demoted();
-            report_.paths.ran_on(kind::copy);
-            side_of(d).read_at_demotion = d.read;
-            side_of(d).demoted = true;
-            start_drain(d, direction_mode::draining);
-            return ended_ ? step::blocked : step::go_on;
-        case peeked::eof:
+        case peeked::bytes: return demoted_in_map(d);
+        case peeked::eof: {
+            const auto unread = unread_before_fin(*w_.engine, side_of(d), d.from->fd(), d.read + consumed_of(d));
+            if (!unread) {
+                end(end_reason::error);
+                return step::blocked;
+            }
+            // Bytes passed after a demotion, still queued behind the redirects to `from`: userspace reads them
+            // once they come out, and the FIN after them.
+            if (*unread > 0) return demoted_in_map(d);
             // FIN is not forwarded by the redirect: it goes on once the peer holds every byte.
             d.eof = true;
             start_drain(d, direction_mode::fin_wait);
             return ended_ ? step::blocked : step::go_on;
+        }
         case peeked::error: return step::from_failed;  // a reset is reported once: end on it now
         }
     }
@@ -300,6 +302,35 @@ step pair::run_in_map(direction& d) {
     ++map_->wakes;
     if (settings_.how.promote_to_sockmap && !policy_timer_.armed()) w_.core.clock().arm(policy_timer_, now + policy_tick);
     return step::blocked;
+}
+
+step pair::demoted_in_map(direction& d) {
+    // The verdict passed bytes: this direction was demoted (a peer miss, the egress bound, or the policy), for
+    // good. Userspace copies them once the peer took every byte redirected before.
+    owner_.demoted();
+    report_.paths.ran_on(kind::copy);
+    side_of(d).read_at_demotion = d.read;
+    side_of(d).demoted = true;
+    start_drain(d, direction_mode::draining);
+    return ended_ ? step::blocked : step::go_on;
+}
+
+bool pair::fin_complete(direction& d) {
+    auto& s = side_of(d);
+    const auto unread = unread_before_fin(*w_.engine, s, d.from->fd(), d.read + consumed_of(d));
+    std::uint64_t stranded = 0;
+    switch (unread ? late_check(s, d.from->fd(), *unread, w_.core.now(), stranded) : drained::error) {
+    case drained::yes: return true;
+    case drained::not_yet: break;
+    case drained::stranded: report_.unread_at_fin = stranded; [[fallthrough]];
+    case drained::peer_gone:
+    case drained::error: end(end_reason::error); return false;
+    }
+    // Not the end yet: the kernel wakes `from`'s readers as its kworker moves them; the drain timer looks
+    // again in case it never does, and keeps the bound.
+    d.eof = false;
+    if (!drain_timer_.armed()) w_.core.clock().arm(drain_timer_, w_.core.now() + drain_pause_max);
+    return false;
 }
 
 void pair::start_drain(direction& d, direction_mode mode) {
@@ -344,8 +375,12 @@ bool pair::check_drain(direction& d) {
 void pair::on_drain_tick() {
     bool waiting = false;
     for (direction* d : {&fwd_, &back_}) {
-        if (d->mode != direction_mode::draining && d->mode != direction_mode::fin_wait) continue;
         if (d->done) continue;
+        if (d->mode == direction_mode::user) {
+            if (map_ && side_of(*d).late_since != sockmap_record::time_point{}) d->from->assume_readable();
+            continue;
+        }
+        if (d->mode != direction_mode::draining && d->mode != direction_mode::fin_wait) continue;
         if (!check_drain(*d)) return;
         waiting |= (d->mode == direction_mode::draining || d->mode == direction_mode::fin_wait) && !d->done;
     }

@@ -49,6 +49,8 @@ private:
     void end(end_reason why);
     end_reason reset_of(const net::core_socket& s) const;
     sockmap_record::side& side_of(const direction& d) { return &d == &fwd_ ? map_->from_client : map_->from_upstream; }
+    // What the preamble took from `d.from` (the client's PROXY header): read, though not by the direction.
+    std::uint64_t consumed_of(const direction& d) const { return &d == &fwd_ ? settings_.consumed : 0; }
     bool both_parked() const { return fwd_.parked() && back_.parked(); }
     bool receive_queues_empty() const;
     void hand_off(kind k);
@@ -58,6 +60,10 @@ private:
     void stay_off_map(fallback_reason why, bool entered_map);
     // A direction in the map: what its socket's events mean.
     step run_in_map(direction& d);
+    step demoted_in_map(direction& d);
+    // Whether a direction whose `from` was in the map may pass its EOF on: every byte `from` received was
+    // redirected or read. False while passed bytes still wait in the kernel (or once the pair is over).
+    bool fin_complete(direction& d);
     void start_drain(direction& d, direction_mode mode);
     bool check_drain(direction& d);  // false once the pair is over
     void demote_all();

@@ -34,6 +34,7 @@ struct pair_report {
     std::uint64_t demoted_bytes = 0;   // sockmap: bytes userspace copied after a demotion
     std::uint64_t stranded_bytes = 0;  // sockmap: redirected bytes the peer never took (the pair was reset)
     std::uint32_t backlog_nudges = 0;  // sockmap: times a redirect backlog that made no progress was woken
+    std::uint64_t unread_at_fin = 0;   // sockmap: passed bytes behind a FIN that never became readable (reset)
 };
 
 }  // namespace spliced::datapath

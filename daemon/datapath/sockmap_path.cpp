@@ -66,6 +66,38 @@ drained drain_check(sockmap_record::side& s, int to_fd, std::uint64_t target, so
     return drained::not_yet;
 }
 
+std::optional<std::uint64_t> unread_before_fin(const sockmap_engine& engine, const sockmap_record::side& s,
+                                               int from_fd, std::uint64_t user_read) {
+    sys::tcp_stats src;
+    std::uint64_t redirected = 0;
+    if (sys::tcp_stats_of(from_fd, src) || engine.redirected(s.from_cookie, redirected)) return std::nullopt;
+    // tcpi_bytes_received counts the FIN as one more byte.
+    const std::uint64_t payload = src.bytes_received > 0 ? src.bytes_received - 1 : 0;
+    const std::uint64_t accounted = user_read + redirected;
+    return payload > accounted ? payload - accounted : 0;
+}
+
+drained late_check(sockmap_record::side& s, int from_fd, std::uint64_t unread, sockmap_record::time_point now,
+                   std::uint64_t& stranded) {
+    if (unread == 0) {
+        s.late_since = {};
+        return drained::yes;
+    }
+    sys::tcp_stats own;
+    int unsent = 0;
+    if (sys::tcp_stats_of(from_fd, own) || sys::send_queue_bytes(from_fd, unsent)) return drained::error;
+    const std::uint64_t queued = own.bytes_acked + static_cast<std::uint64_t>(unsent);
+    if (s.late_since == sockmap_record::time_point{} || unread != s.late_unread || queued != s.late_queued) {
+        s.late_unread = unread;
+        s.late_queued = queued;
+        s.late_since = now;
+    } else if (unsent == 0 && now - s.late_since > stranded_after) {
+        stranded = unread;
+        return drained::stranded;
+    }
+    return drained::not_yet;
+}
+
 std::optional<std::uint64_t> fin_target(const sockmap_record::side& s, int from_fd) {
     sys::tcp_stats src;
     if (sys::tcp_stats_of(from_fd, src)) return std::nullopt;

@@ -29,6 +29,10 @@ struct sockmap_record {
         std::uint64_t seen_packets = 0, seen_bytes = 0;
         // Demotion: the bytes userspace had read from `from` when it began (for the report).
         std::uint64_t read_at_demotion = 0;
+        // After `from`'s FIN: bytes the verdict passed that userspace has not read yet, and since when neither
+        // they nor `from`'s own queued total moved.
+        std::uint64_t late_unread = 0, late_queued = 0;
+        time_point late_since{};
         bool demoted = false;       // the verdict passes this direction to userspace
         bool demote_asked = false;  // the policy set its ceiling to 0: no egress check may raise it again
         bool woken = false;         // `from` had an event since its direction last looked
@@ -57,6 +61,19 @@ enum class drained { yes, not_yet, peer_gone, stranded, error };
 // in the kernel (`stranded` is how many); meanwhile the backlog is nudged every nudge_after (`nudges`).
 drained drain_check(sockmap_record::side& s, int to_fd, std::uint64_t target, sockmap_record::time_point now,
                     std::uint64_t& stranded, std::uint32_t& nudges);
+
+// Bytes `from` received before its FIN that neither the verdict redirected nor userspace read (`user_read`:
+// what userspace and the preamble read from it, before insertion and since). Unset when a counter fails.
+// A socket in the map reads EOF once its FIN came and its psock holds nothing ready for userspace, though
+// bytes the verdict passed (a demoted direction) may still wait in that psock's queue behind the bytes
+// redirected *to* the socket, which move only as fast as its own peer reads them.
+std::optional<std::uint64_t> unread_before_fin(const sockmap_engine& engine, const sockmap_record::side& s,
+                                               int from_fd, std::uint64_t user_read);
+// How the wait for those bytes stands: all read (yes), not yet, or never (stranded: neither they nor what
+// `from` has queued moved for stranded_after while `from`'s send queue is empty, so nothing ahead of them in
+// its psock queue can move either).
+drained late_check(sockmap_record::side& s, int from_fd, std::uint64_t unread, sockmap_record::time_point now,
+                   std::uint64_t& stranded);
 
 // The target of the FIN drain, once `from` reached EOF: every byte `from` received is in `to`'s queued total
 // (to_base takes out what userspace consumed or injected). Unset when TCP_INFO fails.

@@ -60,6 +60,9 @@ public:
     void read_would_block() { readable_ = urgent_ = false; }
     void read_drained() { readable_ = false; }  // a short read: the queue ran dry (the mark, if any, stays)
     void write_would_block() { writable_ = false; }
+    // Look again without an event: for bytes whose wake-up comes from the kernel's own work (a psock queue),
+    // read on a timer in case it never comes.
+    void assume_readable() { readable_ = true; }
     // A send took all it was given: there is room now, even if the event saying so has not come yet (it
     // comes only once half the send buffer is free).
     void wrote_all() { writable_ = true; }

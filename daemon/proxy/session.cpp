@@ -258,6 +258,10 @@ void session::log_sockmap_notes(const datapath::pair_report& r, const std::strin
     if (r.stranded_bytes)
         spdlog::error("conn {} route {}: {} redirected bytes never reached the peer socket; both sides reset", id_, route,
                       r.stranded_bytes);
+    if (r.unread_at_fin)
+        spdlog::error("conn {} route {}: {} bytes the verdict passed before a FIN never became readable; both sides "
+                      "reset",
+                      id_, route, r.unread_at_fin);
     if (r.backlog_nudges)
         spdlog::warn("conn {} route {}: the peer's redirect backlog made no progress with an empty send queue; woken "
                      "{} time(s) ({})",

@@ -260,6 +260,53 @@ TEST_CASE("a FIN that arrives while the peer's backlog still holds redirected by
     CHECK(r.owner.demotions == 0);
 }
 
+TEST_CASE("a FIN behind bytes the verdict passed goes on only after them, though the socket reads EOF first", "[sockmap]") {
+    rig r(engine());
+    r.engage(rig::sockmap());
+    REQUIRE(r.until([&] { return in_map(r); }));
+    // Backend -> client while the client reads nothing (within the egress bound): what the client's socket
+    // buffers cannot hold waits in the psock queue of the proxy's client socket.
+    // Small buffers on the way (the test's client window, the proxy socket's send buffer), so that most of it does.
+    const int small = 64 * 1024;
+    REQUIRE(::setsockopt(r.client(), SOL_SOCKET, SO_RCVBUF, &small, sizeof small) == 0);
+    REQUIRE(::setsockopt(r.proxy_client(), SOL_SOCKET, SO_SNDBUF, &small, sizeof small) == 0);
+    const auto down = pattern(3 << 20, 21);
+    r.send_all(r.backend(), down);
+    std::uint64_t upstream_cookie = 0;
+    REQUIRE_FALSE(sys::socket_cookie(r.proxy_upstream(), upstream_cookie));
+    std::uint64_t redirected = 0;
+    int in_client = 0, in_proxy = 0;
+    const bool waiting = r.until([&] {
+        if (engine()->redirected(upstream_cookie, redirected) || sys::receive_queue_bytes(r.client(), in_client) ||
+            sys::send_queue_bytes(r.proxy_client(), in_proxy))
+            return false;
+        return redirected == down.size() && static_cast<std::uint64_t>(in_client + in_proxy) < redirected;
+    });
+    INFO("redirected " << redirected << ", in the client's receive queue " << in_client << ", in the proxy's send queue "
+                       << in_proxy);
+    REQUIRE(waiting);
+    // The client's direction is demoted (a ceiling of 0, as the policy does): its bytes and FIN queue behind.
+    std::uint64_t cookie = 0;
+    REQUIRE_FALSE(sys::socket_cookie(r.proxy_client(), cookie));
+    REQUIRE_FALSE(engine()->set_budget(cookie, 0));
+    const auto up = pattern(100000, 22);
+    r.send_all(r.client(), up);
+    REQUIRE(::shutdown(r.client(), SHUT_WR) == 0);
+    r.until([] { return false; }, 300ms);
+    CHECK_FALSE(r.ended());
+    // The client reads: its socket's queue moves, the passed bytes come out, and the FIN goes on after them.
+    CHECK(diff(r.read(r.client(), down.size(), 10000ms).bytes, down) == "");
+    const auto got = r.read(r.backend(), up.size() + 1);
+    CHECK(diff(got.bytes, up) == "");
+    CHECK(got.eof);
+    REQUIRE(::shutdown(r.backend(), SHUT_WR) == 0);
+    CHECK(r.read(r.client(), 1).eof);
+    REQUIRE(r.until([&] { return r.ended(); }));
+    CHECK(r.reason() == end_reason::completed);
+    CHECK(r.pair->report().from_client == up.size());
+    CHECK(r.owner.demotions == 1);
+}
+
 TEST_CASE("no socket of a pair on sockmap gets a fixed send buffer: the kernel's autotuning bounds it", "[sockmap]") {
     rig r(engine());
     r.engage(rig::sockmap());
