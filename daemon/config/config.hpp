@@ -77,6 +77,9 @@ struct route {
     std::vector<std::string> sni;
     bool accept_proxy_protocol = false;  // every client starts with a PROXY v1 or v2 header
     std::vector<cidr> trusted_proxies;   // with accept_proxy_protocol: only these sources (empty: any)
+    // The clients this route serves (the accepted PROXY header's source, else the socket's peer): those in
+    // `allow` (empty: every one) and in no network of `deny`.
+    std::vector<cidr> allow, deny;
     proxy_protocol_version send_proxy_protocol = proxy_protocol_version::off;
     balance_kind balance = balance_kind::round_robin;
     std::uint32_t max_connections = 0;          // open client connections at once; 0 = no limit

@@ -219,7 +219,7 @@ private:
         mapping m(*this, n, "route",
                   {"name", "listen", "match", "datapath", "balance", "timeouts", "accept_proxy_protocol",
                    "trusted_proxies", "send_proxy_protocol", "backends", "max_connections", "health_check",
-                   "passive"});
+                   "passive", "allow", "deny"});
         route r;
         r.name = route_name(m.require("name"));
         m.rename("route '" + r.name + "'");
@@ -236,7 +236,12 @@ private:
         if (auto f = m.get("timeouts")) r.timeouts = timeouts(*f);
         if (auto f = m.get("match")) r.sni = sni_patterns(*f, r.name);
         if (auto f = m.get("accept_proxy_protocol")) r.accept_proxy_protocol = boolean(*f);
-        if (auto f = m.get("trusted_proxies")) r.trusted_proxies = trusted_proxies(*f, r.accept_proxy_protocol);
+        if (auto f = m.get("trusted_proxies")) {
+            if (!r.accept_proxy_protocol) fail(f->key, "trusted_proxies needs accept_proxy_protocol: true");
+            r.trusted_proxies = networks(*f, "trusted_proxies", "trust every source");
+        }
+        if (auto f = m.get("allow")) r.allow = networks(*f, "allow", "allow every source");
+        if (auto f = m.get("deny")) r.deny = networks(*f, "deny", "deny no source");
         if (auto f = m.get("send_proxy_protocol"))
             r.send_proxy_protocol = named<proxy_protocol_version>(*f, "send_proxy_protocol");
         r.backends = backends(m.require("backends"), r.name);
@@ -303,18 +308,18 @@ private:
         return out;
     }
 
-    std::vector<cidr> trusted_proxies(const field& f, bool accepts_proxy_protocol) const {
-        if (!accepts_proxy_protocol) fail(f.key, "trusted_proxies needs accept_proxy_protocol: true");
+    // A list of networks (trusted_proxies, allow, deny); `absent` says what leaving the key out means.
+    std::vector<cidr> networks(const field& f, const std::string& key, const std::string& absent) const {
         const yaml::node list = value(f);
-        if (!list.IsSequence()) fail(list, std::string("trusted_proxies must be a list, not ") + kind_of(list));
-        if (list.size() == 0) fail(list, "trusted_proxies is an empty list (leave it out to trust every source)");
+        if (!list.IsSequence()) fail(list, key + " must be a list, not " + kind_of(list));
+        if (list.size() == 0) fail(list, key + " is an empty list (leave it out to " + absent + ")");
         std::vector<cidr> out;
         for (std::size_t i = 0; i < list.size(); ++i) {
-            auto node = item(list, i, "trusted_proxies");
-            auto text = scalar(node, "trusted_proxies");
+            auto node = item(list, i, key);
+            auto text = scalar(node, key);
             auto parsed = parse_cidr(text);
             if (auto* why = std::get_if<std::string>(&parsed))
-                fail(node, "trusted_proxies: bad network '" + text + "': " + *why + "; expected e.g. 10.0.0.0/8");
+                fail(node, key + ": bad network '" + text + "': " + *why + "; expected e.g. 10.0.0.0/8");
             out.push_back(std::get<cidr>(std::move(parsed)));
         }
         return out;

@@ -46,4 +46,18 @@ bool once_per::allow(std::uint64_t& held_back) {
     return false;
 }
 
+bool lines_per_second::allow(std::uint64_t& held_back) {
+    const auto now =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    auto second = second_.load(std::memory_order_relaxed);
+    if (now != second && second_.compare_exchange_strong(second, now, std::memory_order_relaxed))
+        used_.store(0, std::memory_order_relaxed);
+    if (used_.fetch_add(1, std::memory_order_relaxed) < lines_) {
+        held_back = held_back_.exchange(0, std::memory_order_relaxed);
+        return true;
+    }
+    held_back_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+}
+
 }  // namespace spliced::log

@@ -32,4 +32,19 @@ private:
     std::atomic<std::uint64_t> held_back_{0};
 };
 
+// Lets at most `lines` messages a second through (thread-safe): a flood of events that each want a line (refused
+// connections) becomes a few lines a second, each saying how many were held back before it.
+class lines_per_second {
+public:
+    explicit lines_per_second(unsigned lines) : lines_(lines) {}
+    // True when the caller may log now; `held_back` is then how many calls were refused since the last one.
+    bool allow(std::uint64_t& held_back);
+
+private:
+    unsigned lines_;
+    std::atomic<std::int64_t> second_{-1};  // the second the count is of (steady clock)
+    std::atomic<unsigned> used_{0};
+    std::atomic<std::uint64_t> held_back_{0};
+};
+
 }  // namespace spliced::log

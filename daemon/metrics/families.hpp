@@ -29,6 +29,10 @@ namespace spliced::metrics {
       "Connections to an SNI-routed address that no match.sni took (no TLS, no SNI, too large or no match): sent to " \
       "the default route or closed",                                                                                  \
       {})                                                                                                             \
+    X(Counter, connections_refused_total, "spliced_connections_refused_total",                                        \
+      "Client connections reset at once, before any backend connect, by reason (acl, source_connections, "           \
+      "source_rate, accept_rate)",                                                                                    \
+      {})                                                                                                             \
     X(Counter, upstream_connect_errors_total, "spliced_upstream_connect_errors_total",                                \
       "Failed connects to a backend, by reason", {})                                                                  \
     X(Gauge, backend_up, "spliced_backend_up", "1 when the backend is up (health checks, passive accounting), else 0", \

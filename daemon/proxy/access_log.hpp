@@ -24,6 +24,7 @@ enum class session_end {
     untrusted,         // a PROXY header route's client from outside trusted_proxies
     no_route,          // an SNI-routed address with no default and no match
     client_closed,     // the client left during the preamble
+    refused,           // allow/deny (never in the access log: a flood must not become a log flood)
 };
 
 inline session_end ended_as(datapath::end_reason r) { return static_cast<session_end>(r); }
@@ -55,7 +56,8 @@ struct enum_names<proxy::session_end> {
         std::pair{e::error, "error"},                 std::pair{e::shutdown, "shutdown"},
         std::pair{e::no_backend, "no_backend"},       std::pair{e::queue_timeout, "queue_timeout"},
         std::pair{e::bad_proxy_header, "bad_proxy_header"}, std::pair{e::untrusted, "untrusted"},
-        std::pair{e::no_route, "no_route"},           std::pair{e::client_closed, "client_closed"}};
+        std::pair{e::no_route, "no_route"},           std::pair{e::client_closed, "client_closed"},
+        std::pair{e::refused, "refused"}};
 };
 }  // namespace spliced::sys
 

@@ -4,6 +4,7 @@
 
 #include "config/config.hpp"
 #include "datapath/engage.hpp"
+#include "log/log.hpp"
 #include "proxy/admission.hpp"
 #include "proxy/backend_pool.hpp"
 #include "proxy/route_metrics.hpp"
@@ -24,6 +25,7 @@ struct route_runtime {
     route_metrics metrics;
     std::shared_ptr<backend_pool> pool;
     std::shared_ptr<proxy::admission> admission;  // null without max_connections
+    log::lines_per_second refusal_log{5};          // refused connections: a few lines a second, not one each
 };
 
 }  // namespace spliced::proxy

@@ -8,6 +8,7 @@
 #include "metrics/registry.hpp"
 #include "net/upstream.hpp"
 #include "proxy/proxy_protocol.hpp"
+#include "proxy/source_acl.hpp"
 
 #include <memory>
 #include <vector>
@@ -43,6 +44,7 @@ namespace spliced::proxy {
     X(demotions, sockmap_demotions_total)                                              \
     BY(sockmap_fallbacks, sockmap_fallbacks_total, datapath::fallback_reason, "reason") \
     BY(proxy_errors, proxy_protocol_errors_total, proxy_protocol_error, "reason")      \
+    BY(refused, connections_refused_total, refusal, "reason")                          \
     X(no_backend_up, route_no_backend_up_total)                                        \
     X(queue_timeouts, queue_timeouts_total)                                            \
     BY(bytes, bytes_total, direction, "direction")                                     \

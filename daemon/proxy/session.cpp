@@ -8,6 +8,7 @@
 #include "proxy/connector.hpp"
 #include "proxy/preamble.hpp"
 #include "proxy/route_table.hpp"
+#include "proxy/source_acl.hpp"
 
 #include <optional>
 
@@ -34,6 +35,7 @@ std::vector<std::uint8_t> proxy_header_to_send(config::proxy_protocol_version ve
 struct ending {
     session_end end;
     bool reset = true;
+    bool logged = true;  // in the access log (a refused connection is not)
 };
 
 class session final : public session_registry::entry, public net::retirable, private datapath::pair_owner {
@@ -62,6 +64,7 @@ public:
         // Only the access log needs the peer's address as text.
         if (env_.access_log && !peer_.empty()) client_text_ = peer_.text();  // else "?"
         std::optional<ending> stop = co_await route_by_preamble();
+        if (!stop) stop = judge_source();
         if (!stop) stop = co_await admit();
         if (!stop) stop = co_await connect();
         if (stop) co_return finish(*stop);
@@ -102,6 +105,8 @@ private:
     }
 
     net::awaitable<std::optional<ending>> route_by_preamble();
+    // The route's allow and deny lists: a refused client is reset before a backend is tried.
+    std::optional<ending> judge_source();
     net::awaitable<std::optional<ending>> admit();
     net::awaitable<std::optional<ending>> connect();
     void engage();
@@ -113,7 +118,9 @@ private:
     // Adds the payload bytes received from each side so far, less what is already counted, to the route's byte
     // counters.
     void count_bytes(std::uint64_t in, std::uint64_t out);
-    // The client address source_hash keys on: the accepted PROXY header's source, else the socket's peer.
+    // The original client: the accepted PROXY header's source, else the socket's peer.
+    const net::address& client_address() const;
+    // The client address source_hash keys on.
     client_key balance_key() const;
 
     std::shared_ptr<const listener_routes> listener_;
@@ -171,6 +178,16 @@ net::awaitable<std::optional<ending>> session::route_by_preamble() {
     co_return std::nullopt;
 }
 
+std::optional<ending> session::judge_source() {
+    const net::address& client = client_address();
+    if (admits(route_->cfg, client)) return std::nullopt;
+    route_->metrics.refused.inc(refusal::acl);
+    if (std::uint64_t more = 0; route_->refusal_log.allow(more))
+        spdlog::info("conn {} route {}: client {} refused by allow/deny ({} more refused connections not logged)", id_,
+                     route_->cfg.name, client.empty() ? std::string("?") : client.text(), more);
+    return ending{session_end::refused, true, false};
+}
+
 // A place of the route's max_connections, unless the accept loop took one: waits up to timeouts.queue (on an
 // address shared by several routes, the route's limit is known only now).
 net::awaitable<std::optional<ending>> session::admit() {
@@ -224,11 +241,14 @@ void session::count_bytes(std::uint64_t in, std::uint64_t out) {
     reported_out_ = std::max(reported_out_, out);
 }
 
+const net::address& session::client_address() const {
+    return accepted_ && accepted_->has_addresses() ? *accepted_->source : peer_;
+}
+
 client_key session::balance_key() const {
     // Only source_hash reads the key.
     if (route_->cfg.balance != config::balance_kind::source_hash) return client_key{};
-    if (accepted_ && accepted_->has_addresses()) return client_key::of(*accepted_->source);
-    return client_key::of(peer_);
+    return client_key::of(client_address());
 }
 
 void session::finish(ending e) {
@@ -247,7 +267,7 @@ void session::finish(ending e) {
     }
     const std::string& route_name = route_ ? route_->cfg.name : listener_->preamble_route().cfg.name;
     if (r) log_sockmap_notes(*r, route_name);
-    if (!env_.access_log) return;
+    if (!env_.access_log || !e.logged) return;
     write(*env_.access_log,
           access_record{id_, route_name, client_text_.empty() ? "?" : client_text_, slot_ ? slot_.backend().name : "-",
                         r ? r->paths.text() : "-", std::chrono::duration_cast<std::chrono::milliseconds>(lasted).count(),
