@@ -57,11 +57,20 @@ struct cidr {
     bool contains(const address& addr) const;
 };
 
+// TCP keepalive on a route's client and upstream sockets: the first probe after `idle` without traffic, then one
+// every `interval`; `count` unanswered probes reset the connection. Whole seconds (the kernel's unit).
+struct keepalive {
+    std::chrono::seconds idle{60};
+    std::chrono::seconds interval{10};
+    unsigned count = 6;
+};
+
 struct route_timeouts {
     std::chrono::milliseconds connect{2000};
     std::chrono::milliseconds idle{3600 * 1000};
     std::chrono::milliseconds handshake{5000};  // the preamble (PROXY header, ClientHello) must arrive within it
     std::chrono::milliseconds queue{5000};      // longest wait for a backend slot when all are full
+    std::chrono::milliseconds lifetime{0};      // older connections are reset on both sides; 0: no limit
 };
 
 enum class proxy_protocol_version { off, v1, v2 };
@@ -80,6 +89,7 @@ struct route {
     // The clients this route serves (the accepted PROXY header's source, else the socket's peer): those in
     // `allow` (empty: every one) and in no network of `deny`.
     std::vector<cidr> allow, deny;
+    std::optional<spliced::config::keepalive> keepalive;  // absent: the system's (off unless the peer's stack asks)
     proxy_protocol_version send_proxy_protocol = proxy_protocol_version::off;
     balance_kind balance = balance_kind::round_robin;
     std::uint32_t max_connections = 0;          // open client connections at once; 0 = no limit

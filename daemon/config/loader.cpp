@@ -219,7 +219,7 @@ private:
         mapping m(*this, n, "route",
                   {"name", "listen", "match", "datapath", "balance", "timeouts", "accept_proxy_protocol",
                    "trusted_proxies", "send_proxy_protocol", "backends", "max_connections", "health_check",
-                   "passive", "allow", "deny"});
+                   "passive", "allow", "deny", "keepalive"});
         route r;
         r.name = route_name(m.require("name"));
         m.rename("route '" + r.name + "'");
@@ -242,6 +242,7 @@ private:
         }
         if (auto f = m.get("allow")) r.allow = networks(*f, "allow", "allow every source");
         if (auto f = m.get("deny")) r.deny = networks(*f, "deny", "deny no source");
+        if (auto f = m.get("keepalive")) r.keepalive = keepalive_of(*f);
         if (auto f = m.get("send_proxy_protocol"))
             r.send_proxy_protocol = named<proxy_protocol_version>(*f, "send_proxy_protocol");
         r.backends = backends(m.require("backends"), r.name);
@@ -274,13 +275,31 @@ private:
         return ph;
     }
 
+    spliced::config::keepalive keepalive_of(const field& f) const {
+        mapping k(*this, map_value(f), "keepalive", {"idle", "interval", "count"});
+        spliced::config::keepalive out;
+        if (auto kf = k.get("idle")) out.idle = whole_seconds(*kf);
+        if (auto kf = k.get("interval")) out.interval = whole_seconds(*kf);
+        if (auto kf = k.get("count")) out.count = count(*kf, 1, 127, "probes");
+        return out;
+    }
+
+    // A duration the kernel takes in seconds (TCP_KEEPIDLE, TCP_KEEPINTVL): 1 s to 32767 s, no fraction.
+    std::chrono::seconds whole_seconds(const field& f) const {
+        const auto d = duration(f, false);
+        if (d.count() % 1000 != 0 || d < std::chrono::seconds(1) || d > std::chrono::seconds(32767))
+            fail(f.value, f.what + " must be whole seconds from 1s to 32767s (got '" + scalar(f) + "')");
+        return std::chrono::duration_cast<std::chrono::seconds>(d);
+    }
+
     route_timeouts timeouts(const field& f) const {
-        mapping t(*this, map_value(f), "timeouts", {"connect", "idle", "handshake", "queue"});
+        mapping t(*this, map_value(f), "timeouts", {"connect", "idle", "handshake", "queue", "lifetime"});
         route_timeouts out;
         if (auto tf = t.get("connect")) out.connect = duration(*tf, false);
         if (auto tf = t.get("idle")) out.idle = duration(*tf, false);
         if (auto tf = t.get("handshake")) out.handshake = duration(*tf, false);
         if (auto tf = t.get("queue")) out.queue = duration(*tf, true);
+        if (auto tf = t.get("lifetime")) out.lifetime = duration(*tf, false);
         return out;
     }
 

@@ -60,6 +60,7 @@ struct pair_settings {
     std::uint64_t consumed = 0;  // bytes of the client's stream the preamble took (a PROXY header)
     std::uint64_t id = 0;        // for log lines
     std::string_view route;      // for log lines (the route outlives the pair)
+    std::chrono::milliseconds lifetime_left{0};  // the pair is reset on both sides after this; 0: no limit
 };
 
 }  // namespace spliced::datapath

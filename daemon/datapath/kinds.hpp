@@ -18,7 +18,7 @@ enum class fallback_reason { map_full, not_established, busy_sender, error };
 
 // How a proxied pair ended. Every reason but `completed` closes both sockets with a reset: a peer
 // sees a clean FIN only after the complete stream its other side sent.
-enum class end_reason { completed, idle_timeout, client_reset, upstream_reset, error, shutdown };
+enum class end_reason { completed, idle_timeout, client_reset, upstream_reset, error, shutdown, lifetime };
 
 }  // namespace spliced::datapath
 
@@ -43,7 +43,8 @@ struct enum_names<datapath::end_reason> {
                                       std::pair{datapath::end_reason::client_reset, "client_reset"},
                                       std::pair{datapath::end_reason::upstream_reset, "upstream_reset"},
                                       std::pair{datapath::end_reason::error, "error"},
-                                      std::pair{datapath::end_reason::shutdown, "shutdown"}};
+                                      std::pair{datapath::end_reason::shutdown, "shutdown"},
+                                      std::pair{datapath::end_reason::lifetime, "lifetime"}};
 };
 }  // namespace spliced::sys
 

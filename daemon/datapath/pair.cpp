@@ -86,9 +86,12 @@ void pair::engage(std::span<const std::uint8_t> pending) {
             w_.core.clock().arm(policy_timer_, now + promote_after);
         }
     }
+    if (settings_.lifetime_left.count() > 0) lifetime_end_ = now + settings_.lifetime_left;
     if (settings_.idle.count() > 0) {
         kernel_changed_ = now;  // the counters' baseline is 0: any byte by the first sample is progress
-        w_.core.clock().arm(idle_timer_, now + idle_sample(settings_.idle));
+        w_.core.clock().arm(idle_timer_, watch_next(now + idle_sample(settings_.idle)));
+    } else if (lifetime_end_ != time_point{}) {
+        w_.core.clock().arm(idle_timer_, lifetime_end_);
     }
     run();
 }
@@ -402,13 +405,20 @@ void pair::demote_all() {
 
 // ---- timers ----
 
+time_point pair::watch_next(time_point idle_sample_at) const {
+    return lifetime_end_ != time_point{} ? std::min(idle_sample_at, lifetime_end_) : idle_sample_at;
+}
+
 void pair::on_idle_tick() {
     if (ended_) return;
+    const auto now = w_.core.now();
+    // timeouts.lifetime: reset on both sides (never a FIN: the streams were not over).
+    if (lifetime_end_ != time_point{} && now >= lifetime_end_) return end(end_reason::lifetime);
+    if (settings_.idle.count() == 0) return w_.core.clock().arm(idle_timer_, lifetime_end_);
     // Userspace sees its own reads and writes, but not a slow reader taking what sits in a send queue, nor
     // anything on sockmap: no byte counter of either socket moving (nothing received from a peer, nothing
     // acknowledged by one) within the timeout is idle, so a slow reader still being fed is not. Sampled every
     // quarter of the timeout: an idle pair ends between one timeout and 1.25 of it.
-    const auto now = w_.core.now();
     const auto idle = settings_.idle;
     sys::tcp_stats a, b;
     if (sys::tcp_stats_of(client_.fd(), a) || sys::tcp_stats_of(upstream_.fd(), b)) return end(end_reason::error);
@@ -420,7 +430,7 @@ void pair::on_idle_tick() {
     const auto since = std::max(last_progress_, kernel_changed_);
     if (now - since >= idle) return end(end_reason::idle_timeout);
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(since + idle - now);
-    w_.core.clock().arm(idle_timer_, now + std::min(idle_sample(idle), left));
+    w_.core.clock().arm(idle_timer_, watch_next(now + std::min(idle_sample(idle), left)));
 }
 
 void pair::on_policy_tick() {

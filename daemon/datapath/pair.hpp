@@ -68,8 +68,9 @@ private:
     bool check_drain(direction& d);  // false once the pair is over
     void demote_all();
 
-    // Timers.
+    // Timers. The idle timer also keeps the lifetime: its next tick is the sooner of the two.
     void on_idle_tick();
+    net::timers::clock::time_point watch_next(net::timers::clock::time_point idle_sample_at) const;
     void on_policy_tick();
     void on_drain_tick();
     void promote_tick(net::timers::clock::time_point now);
@@ -88,6 +89,7 @@ private:
     pair_report report_;
     net::timers::clock::time_point last_progress_;   // userspace last moved a byte
     net::timers::clock::time_point kernel_changed_{};  // the sockets' byte counters last moved (sampled)
+    net::timers::clock::time_point lifetime_end_{};    // timeouts.lifetime: reset then (unset: no limit)
     std::uint64_t kernel_total_ = 0;
     net::owner_timer<pair, &pair::on_idle_tick> idle_timer_;
     net::owner_timer<pair, &pair::on_policy_tick> policy_timer_;

@@ -14,10 +14,11 @@ class logger;
 
 namespace spliced::proxy {
 
-// How a connection ended (the access log's `end`): how its data path ended (the first six, as
+// How a connection ended (the access log's `end`): how its data path ended (the first seven, as
 // datapath::end_reason), or why it never reached one.
 enum class session_end {
     completed, idle_timeout, client_reset, upstream_reset, error, shutdown,
+    lifetime,          // older than timeouts.lifetime: reset on both sides
     no_backend,        // every backend tried failed, or none could be tried
     queue_timeout,     // waited timeouts.queue for a backend slot or a route place
     bad_proxy_header,  // a PROXY header missing, malformed, too large, unsupported, cut or late
@@ -54,6 +55,7 @@ struct enum_names<proxy::session_end> {
         std::pair{e::completed, "completed"},         std::pair{e::idle_timeout, "idle_timeout"},
         std::pair{e::client_reset, "client_reset"},   std::pair{e::upstream_reset, "upstream_reset"},
         std::pair{e::error, "error"},                 std::pair{e::shutdown, "shutdown"},
+        std::pair{e::lifetime, "lifetime"},
         std::pair{e::no_backend, "no_backend"},       std::pair{e::queue_timeout, "queue_timeout"},
         std::pair{e::bad_proxy_header, "bad_proxy_header"}, std::pair{e::untrusted, "untrusted"},
         std::pair{e::no_route, "no_route"},           std::pair{e::client_closed, "client_closed"},
@@ -62,7 +64,7 @@ struct enum_names<proxy::session_end> {
 }  // namespace spliced::sys
 
 namespace spliced::proxy {
-static_assert(static_cast<int>(session_end::shutdown) == static_cast<int>(datapath::end_reason::shutdown) &&
-                  sys::enum_count<datapath::end_reason> == 6,
+static_assert(static_cast<int>(session_end::lifetime) == static_cast<int>(datapath::end_reason::lifetime) &&
+                  sys::enum_count<datapath::end_reason> == 7,
               "a data path's end reasons are the first session ends, in the same order");
 }  // namespace spliced::proxy

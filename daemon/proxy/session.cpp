@@ -9,6 +9,7 @@
 #include "proxy/preamble.hpp"
 #include "proxy/route_table.hpp"
 #include "proxy/source_acl.hpp"
+#include "sys/socket.hpp"
 
 #include <optional>
 
@@ -115,6 +116,8 @@ private:
     void finish(ending e);
     void log_sockmap_notes(const datapath::pair_report& r, const std::string& route) const;
     bool trusted_source() const;
+    // What is left of timeouts.lifetime (counted from the accept) when the pair starts; 0: no limit.
+    std::chrono::milliseconds lifetime_left() const;
     // Adds the payload bytes received from each side so far, less what is already counted, to the route's byte
     // counters.
     void count_bytes(std::uint64_t in, std::uint64_t out);
@@ -220,9 +223,21 @@ void session::engage() {
     std::vector<std::uint8_t> header;
     if (route_->cfg.send_proxy_protocol != config::proxy_protocol_version::off)
         header = proxy_header_to_send(route_->cfg.send_proxy_protocol, peer_, client_->fd(), accepted_, server_name_, id_);
-    const datapath::pair_settings settings{route_->plan, route_->cfg.timeouts.idle, consumed_, id_, route_->cfg.name};
+    if (const auto& k = route_->cfg.keepalive)
+        for (int fd : {client_->fd(), upstream_->fd()})
+            sys::set_keepalive(fd, static_cast<int>(k->idle.count()), static_cast<int>(k->interval.count()),
+                               static_cast<int>(k->count));
+    const datapath::pair_settings settings{route_->plan, route_->cfg.timeouts.idle, consumed_, id_, route_->cfg.name,
+                                           lifetime_left()};
     pair_.emplace(*env_.data, *client_, *upstream_, settings, static_cast<datapath::pair_owner&>(*this));
     pair_->engage(header);
+}
+
+std::chrono::milliseconds session::lifetime_left() const {
+    const auto lifetime = route_->cfg.timeouts.lifetime;
+    if (lifetime.count() == 0) return lifetime;
+    const auto lived = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started_);
+    return std::max(std::chrono::milliseconds(1), lifetime - lived);
 }
 
 bool session::trusted_source() const {

@@ -43,6 +43,16 @@ std::error_code set_rcvlowat(int fd, int bytes) {
     return {};
 }
 
+std::error_code set_keepalive(int fd, int idle_s, int interval_s, int count) {
+    const int on = 1;
+    if (::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof on) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof idle_s) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof interval_s) != 0 ||
+        ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof count) != 0)
+        return last_error();
+    return {};
+}
+
 std::error_code set_nodelay(int fd, bool on) {
     int v = on ? 1 : 0;
     if (::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof(v)) != 0) return last_error();

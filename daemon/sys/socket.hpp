@@ -22,6 +22,9 @@ std::error_code tcp_stats_of(int fd, tcp_stats& out);
 std::error_code socket_cookie(int fd, std::uint64_t& out);
 std::error_code set_rcvlowat(int fd, int bytes);
 std::error_code set_nodelay(int fd, bool on);
+// SO_KEEPALIVE with its first probe after `idle_s` idle seconds, then one every `interval_s`; `count` unanswered
+// probes reset the connection.
+std::error_code set_keepalive(int fd, int idle_s, int interval_s, int count);
 // Fixes the send buffer at `bytes` (the kernel doubles it for overhead): SO_SNDBUFFORCE, which
 // passes net.core.wmem_max with CAP_NET_ADMIN, else SO_SNDBUF capped by wmem_max.
 std::error_code set_send_buffer(int fd, int bytes);

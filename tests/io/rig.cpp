@@ -70,9 +70,9 @@ rig::rig(datapath::sockmap_engine* e) : resources(core, e) {
 rig::~rig() { pair.reset(); }
 
 void rig::engage(datapath::plan how, std::chrono::milliseconds idle, const std::string& pending,
-                 std::uint64_t consumed) {
+                 std::uint64_t consumed, std::chrono::milliseconds lifetime) {
     turn();  // the registrations' first events: both sockets writable
-    const datapath::pair_settings settings{how, idle, consumed, 1, "test"};
+    const datapath::pair_settings settings{how, idle, consumed, 1, "test", lifetime};
     pair.emplace(resources, *proxy_client_socket, *proxy_upstream_socket, settings, owner);
     pair->engage(std::span<const std::uint8_t>(reinterpret_cast<const std::uint8_t*>(pending.data()), pending.size()));
 }

@@ -73,7 +73,7 @@ public:
 
     // Starts the pair on `how`; `pending` goes to the backend first.
     void engage(datapath::plan how, std::chrono::milliseconds idle = 10s, const std::string& pending = "",
-                std::uint64_t consumed = 0);
+                std::uint64_t consumed = 0, std::chrono::milliseconds lifetime = 0ms);
     static datapath::plan copy() { return {datapath::kind::copy, false}; }
     static datapath::plan splice() { return {datapath::kind::splice, false}; }
     static datapath::plan sockmap() { return {datapath::kind::sockmap, false}; }

@@ -351,6 +351,52 @@ TEST_CASE("a pair that moves nothing ends at its idle timeout; one that keeps mo
     }
 }
 
+TEST_CASE("at its lifetime a pair is reset on both sides, mid-transfer or idle, on every path; none: it runs on") {
+    auto check_cut = [](rig& r, std::chrono::milliseconds lifetime, clock_type::time_point start) {
+        REQUIRE(r.until([&] { return r.ended(); }, lifetime + 2000ms));
+        const auto lasted = clock_type::now() - start;
+        CHECK(r.reason() == end_reason::lifetime);
+        CHECK(lasted >= lifetime);
+        CHECK(lasted < lifetime + 300ms);
+        // Both sides get a reset, never a FIN that would pass a cut stream off as whole.
+        CHECK(r.read(r.client(), 64 << 20, 2000ms).error == ECONNRESET);
+        CHECK(r.read(r.backend(), 64 << 20, 2000ms).error == ECONNRESET);
+    };
+    for (auto how : {rig::copy(), rig::splice(), rig::automatic()}) {
+        INFO("path " << datapath::to_string(how.path) << (how.promote_to_sockmap ? " (auto)" : ""));
+        SECTION(std::string("mid-transfer on ") + datapath::to_string(how.path) + (how.promote_to_sockmap ? " auto" : "")) {
+            rig r(how.promote_to_sockmap ? engine() : nullptr);
+            const auto start = clock_type::now();
+            r.engage(how, 10s, "", 0, 300ms);
+            // A bulk transfer that outlasts the lifetime: the backend reads it slowly.
+            const auto data = pattern(16 << 20, 31);
+            std::size_t sent = 0;
+            std::vector<char> buf(16384);
+            while (!r.ended() && clock_type::now() - start < 2000ms) {
+                if (sent < data.size()) {
+                    const ssize_t n = ::send(r.client(), data.data() + sent, data.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+                    if (n > 0) sent += static_cast<std::size_t>(n);
+                }
+                (void)::recv(r.backend(), buf.data(), buf.size(), MSG_DONTWAIT);
+                r.turn(5);
+            }
+            check_cut(r, 300ms, start);
+        }
+    }
+    SECTION("idle on sockmap") {
+        rig r(engine());
+        const auto start = clock_type::now();
+        r.engage(rig::sockmap(), 10s, "", 0, 300ms);
+        check_cut(r, 300ms, start);
+    }
+    SECTION("no lifetime: an idle pair runs on") {
+        rig r;
+        r.engage(rig::copy(), 10s);
+        r.until([] { return false; }, 500ms);
+        CHECK_FALSE(r.ended());
+    }
+}
+
 TEST_CASE("one turn moves at most the turn's budget of a pair, then the pair asks for another turn") {
     rig r;
     const int big = 8 << 20;

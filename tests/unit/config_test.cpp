@@ -612,3 +612,31 @@ TEST_CASE("the preamble keys refuse bad values at their position") {
           "7:23: trusted_proxies: bad network '10.0.0.0/33': prefix length 33 is over 32; expected e.g. 10.0.0.0/8");
     CHECK(error_of(minimal_route + "    timeouts: { handshake: 0s }\n") == "6:28: timeouts.handshake must be greater than zero");
 }
+
+TEST_CASE("keepalive and timeouts.lifetime: defaults, values, and errors at their position") {
+    const auto plain = load_string(minimal_route, "t.yaml").routes.at(0);
+    CHECK_FALSE(plain.keepalive);
+    CHECK(plain.timeouts.lifetime.count() == 0);
+    const auto r = load_string(minimal_route + "    keepalive: { idle: 2m, interval: 5s, count: 3 }\n"
+                                               "    timeouts: { lifetime: 24h }\n",
+                               "t.yaml")
+                       .routes.at(0);
+    REQUIRE(r.keepalive);
+    CHECK(r.keepalive->idle == std::chrono::seconds(120));
+    CHECK(r.keepalive->interval == std::chrono::seconds(5));
+    CHECK(r.keepalive->count == 3);
+    CHECK(r.timeouts.lifetime == std::chrono::hours(24));
+    const auto defaults = load_string(minimal_route + "    keepalive: {}\n", "t.yaml").routes.at(0);
+    REQUIRE(defaults.keepalive);
+    CHECK(defaults.keepalive->idle == std::chrono::seconds(60));
+    CHECK(defaults.keepalive->interval == std::chrono::seconds(10));
+    CHECK(defaults.keepalive->count == 6);
+    CHECK(error_of(minimal_route + "    keepalive: { idle: 1500ms }\n") ==
+          "6:24: keepalive.idle must be whole seconds from 1s to 32767s (got '1500ms')");
+    CHECK(error_of(minimal_route + "    keepalive: { interval: 10h }\n") ==
+          "6:28: keepalive.interval must be whole seconds from 1s to 32767s (got '10h')");
+    CHECK(error_of(minimal_route + "    keepalive: { count: 0 }\n") ==
+          "6:25: keepalive.count must be a whole number of probes from 1 to 127 (got '0')");
+    CHECK(starts_with(error_of(minimal_route + "    keepalive: { probes: 3 }\n"), "6:18: unknown key 'probes'"));
+    CHECK(error_of(minimal_route + "    timeouts: { lifetime: 0s }\n") == "6:27: timeouts.lifetime must be greater than zero");
+}
